@@ -1,0 +1,44 @@
+"""runner: Modal's Python interface, on infrastructure you own.
+
+Write an ordinary Modal program and run it with `runner run app.py`, or say
+`import runner as modal` anywhere. This module is the whole public surface; everything else
+lives in `_`-prefixed modules. Importing it pulls in only the standard library and cloudpickle,
+because the same package runs inside every container.
+"""
+
+from . import exception
+from ._app import App, LocalEntrypoint
+from ._cls import Cls
+from ._context import current_input_id, is_local
+from ._function import Function, FunctionCall
+from ._image import Image
+from ._output import enable_output
+from ._partial import batched, concurrent, enter, exit, method, parameter
+from ._resources import Retries
+from ._secret import Secret
+from .exception import Error
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Cls",
+    "Error",
+    "Function",
+    "FunctionCall",
+    "Image",
+    "LocalEntrypoint",
+    "Retries",
+    "Secret",
+    "__version__",
+    "batched",
+    "concurrent",
+    "current_input_id",
+    "enable_output",
+    "enter",
+    "exception",
+    "exit",
+    "is_local",
+    "method",
+    "parameter",
+]

@@ -1,0 +1,232 @@
+"""App: the registry of functions, classes and entrypoints, and `app.run()` which brings up a
+session on a provider and takes everything down again on the way out, whatever the way out."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import signal
+import threading
+from typing import Any, Callable
+
+from ._cls import Cls
+from ._context import is_local
+from ._function import Function
+from ._image import Image, local_python
+from ._output import output
+from ._resources import FunctionOptions
+from .exception import ExecutionError, InvalidError, VersionError
+
+_OPTIONS = (
+    "image", "gpu", "cpu", "memory", "timeout", "retries", "secrets", "volumes", "env", "min_containers",
+    "max_containers", "buffer_containers", "scaledown_window", "serialized", "name",
+)
+
+
+class LocalEntrypoint:
+    """A function marked `@app.local_entrypoint()`: runs on the client, inside `app.run()`."""
+
+    def __init__(self, app: App, fn: Callable, name: str):
+        self.app = app
+        self.raw = fn
+        self.name = name
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args, **kwargs):
+        return self.raw(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"LocalEntrypoint({self.name})"
+
+
+class App:
+    """`app = runner.App("name", image=..., secrets=[...])`, then decorate functions and classes."""
+
+    def __init__(self, name: str | None = None, *, image: Image | None = None, secrets: list | tuple = (),
+                 volumes: dict | None = None, include_source: bool | None = None, description: str | None = None):
+        if name is not None and not isinstance(name, str):
+            raise InvalidError(f"App name must be a string, got {type(name).__name__}")
+        self.name = name
+        self.description = description
+        self._defaults = FunctionOptions.build(image=image, secrets=list(secrets), volumes=volumes)
+        self._functions: dict[str, Function] = {}
+        self._classes: dict[str, Cls] = {}
+        self._entrypoints: dict[str, LocalEntrypoint] = {}
+        self._session = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    @property
+    def image(self) -> Image | None:
+        return self._defaults.image
+
+    @property
+    def app_id(self) -> str | None:
+        return self._session.id if self._session else None
+
+    @property
+    def registered_functions(self) -> dict[str, Function]:
+        return dict(self._functions)
+
+    @property
+    def registered_classes(self) -> dict[str, Cls]:
+        return dict(self._classes)
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint]:
+        return dict(self._entrypoints)
+
+    # ---- decorators ------------------------------------------------------------------------
+    def _options(self, what: str, kwargs: dict) -> FunctionOptions:
+        unknown = sorted(set(kwargs) - set(_OPTIONS))
+        if unknown:
+            raise InvalidError(f"app.{what}() got unknown option(s) {', '.join(unknown)}; it takes {', '.join(_OPTIONS)}")
+        opts = {k: v for k, v in kwargs.items() if k != "name"}
+        d = self._defaults
+        opts["image"] = opts.get("image") or d.image or Image.debian_slim()
+        opts["secrets"] = list(d.secrets) + list(opts.get("secrets") or ())
+        return FunctionOptions.build(**opts)
+
+    def function(self, _fn: Callable | None = None, **kwargs: Any):
+        """Register a function to run in containers: `@app.function(gpu="H100", timeout=600)`."""
+        options = self._options("function", kwargs)
+
+        def deco(fn: Callable) -> Function:
+            if isinstance(fn, (Function, Cls)):
+                raise InvalidError(f"{fn!r} is registered already")
+            if inspect.isclass(fn):
+                raise InvalidError(f"{fn.__name__} is a class: register it with @app.cls()")
+            if not callable(fn):
+                raise InvalidError(f"@app.function() decorates functions, got {type(fn).__name__}")
+            name = kwargs.get("name") or fn.__name__
+            self._check_free(name)
+            f = Function(self, fn, options, name=name)
+            self._functions[name] = f
+            return f
+
+        return deco(_fn) if _fn is not None else deco
+
+    def cls(self, _cls: type | None = None, **kwargs: Any):
+        """Register a class whose @method functions run in containers."""
+        options = self._options("cls", kwargs)
+
+        def deco(user_cls: type) -> Cls:
+            if not inspect.isclass(user_cls):
+                raise InvalidError(f"@app.cls() decorates classes, got {type(user_cls).__name__}")
+            name = kwargs.get("name") or user_cls.__name__
+            self._check_free(name)
+            c = Cls(self, user_cls, options)
+            self._classes[name] = c
+            return c
+
+        return deco(_cls) if _cls is not None else deco
+
+    def local_entrypoint(self, _fn: Callable | None = None, *, name: str | None = None):
+        """Mark the function `runner run` calls on the client."""
+
+        def deco(fn: Callable) -> LocalEntrypoint:
+            ep_name = name or fn.__name__
+            self._check_free(ep_name)
+            ep = LocalEntrypoint(self, fn, ep_name)
+            self._entrypoints[ep_name] = ep
+            return ep
+
+        return deco(_fn) if _fn is not None else deco
+
+    def _check_free(self, name: str) -> None:
+        if name in self._functions or name in self._classes or name in self._entrypoints:
+            raise InvalidError(f"app {self.name or ''} has two objects named {name!r}; rename one (or pass name=)")
+
+    def include(self, other: App) -> App:
+        for name, f in other._functions.items():
+            self._functions.setdefault(name, f)
+        for name, c in other._classes.items():
+            self._classes.setdefault(name, c)
+        return self
+
+    @staticmethod
+    def lookup(name: str, *, create_if_missing: bool = False) -> App:
+        return App(name)
+
+    # ---- running ---------------------------------------------------------------------------
+    def _targets(self) -> list[tuple[str, FunctionOptions]]:
+        return [(n, f._options) for n, f in self._functions.items()] + [(n, c._options) for n, c in self._classes.items()]
+
+    def _validate(self, provider: Any) -> None:
+        """Everything that can be known wrong before a container starts."""
+        skipped = []
+        for name, opts in self._targets():
+            image = opts.image
+            if image is not None and image.python_version and image.python_version != local_python():
+                raise VersionError(
+                    f"{name}: its image has Python {image.python_version} but this client runs Python "
+                    f"{local_python()}; they must match (use Image.debian_slim(python_version='{local_python()}') "
+                    f"or run runner under Python {image.python_version})"
+                )
+            provider.validate(image, opts.gpu, opts.cpu, opts.memory, name)
+            if provider.name == "embedded" and image is not None and any(s.kind != "env" for s in image.steps):
+                skipped.append(name)
+        if skipped:
+            output().notice(
+                f"runner: embedded mode does not apply image build steps ({', '.join(skipped)}); "
+                "functions run in this Python environment. Use --provider docker to build images."
+            )
+
+    @contextlib.contextmanager
+    def run(self, *, provider: str | None = None, detach: bool = False):
+        """Bring the app up on a provider; on the way out stop every container it started."""
+        from ._providers import choose
+        from ._session import Session
+
+        if not is_local():
+            # Inside a container the module is imported to find functions; an unguarded
+            # `with app.run():` at module level must not start containers from containers.
+            yield self
+            return
+        with self._lock:
+            if self._session is not None:
+                raise InvalidError(f"app {self.name or ''} is running already")
+            prov = choose(provider)
+            try:
+                self._validate(prov)
+            except BaseException:
+                prov.close()
+                raise
+            self._session = Session(self.name or "ephemeral", prov)
+        output().status(f"app {self.name or ''} running on the {prov.name} provider ({self._session.id})")
+        restore = _sigterm_as_exit()
+        try:
+            yield self
+        finally:
+            session, self._session = self._session, None
+            try:
+                session.close()
+            finally:
+                restore()
+
+    def _require_session(self, fn_name: str):
+        session = self._session
+        if session is None:
+            if not is_local():
+                raise ExecutionError(f"{fn_name}: calling another function from inside a container is not supported yet")
+            raise ExecutionError(
+                f"{fn_name} needs a running app: call it inside `with app.run():`, or run the file with `runner run`"
+            )
+        return session
+
+
+def _sigterm_as_exit() -> Callable[[], None]:
+    """Let SIGTERM unwind the stack like Ctrl-C does, so the app's containers get stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)

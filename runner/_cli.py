@@ -1,0 +1,115 @@
+"""The `runner` command.
+
+Bad input never shows a traceback: runner's own errors print one line (`Error: ...`) and exit 1,
+usage errors exit 2, Ctrl-C exits 130 after the app's containers are gone. `--verbose` adds the
+traceback and runner's status lines. An exception from the user's own code keeps its traceback,
+because that is where the user needs to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+import click
+import typer
+
+from . import __version__
+from ._output import enable_output, output
+from .exception import Error
+
+cli = typer.Typer(
+    name="runner",
+    help="Run Modal programs on infrastructure you own.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"runner {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _global(
+    provider: Optional[str] = typer.Option(
+        None, "--provider", envvar="RUNNER_PROVIDER", help="embedded or docker (default: docker when a daemon answers)"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and runner's status lines."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    if provider:
+        from ._providers import NAMES
+
+        if provider not in NAMES:
+            raise click.BadParameter(f"{provider!r} is not a provider; use one of {', '.join(NAMES)}", param_hint="--provider")
+        os.environ["RUNNER_PROVIDER"] = provider
+    output().verbose = verbose
+
+
+@cli.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def run(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="FILE.py[::NAME], or a module with -m"),
+    module: bool = typer.Option(False, "-m", help="TARGET is a module path such as pkg.app"),
+) -> None:
+    """Run an app: its local entrypoint, or the one function it has, or FILE::NAME."""
+    from ._entrypoint import load_module, parse_flags, pick
+
+    mod, name = load_module(target, module)
+    where = target.partition("::")[0]
+    runnable = pick(mod, name, where)
+    kwargs = parse_flags(runnable, list(ctx.args), f"runner run {target}")
+    with enable_output():
+        with runnable.app.run():
+            result = runnable.call(**kwargs)
+            if inspect.iscoroutine(result):
+                asyncio.run(result)
+            elif inspect.isgenerator(result):
+                for _ in result:
+                    pass
+
+
+def main(argv: List[str] | None = None) -> None:
+    from ._entrypoint import UserCodeError
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = cli(args=args, prog_name="runner", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:
+        print("Interrupted; the app's containers are stopped.", file=sys.stderr)
+        code = 130
+    except Error as exc:
+        if output().verbose:
+            traceback.print_exc()
+        print(f"Error: {exc}", file=sys.stderr)
+        code = 1
+    except UserCodeError as exc:
+        cause = exc.__cause__
+        traceback.print_exception(type(cause), cause, cause.__traceback__)
+        code = 1
+    except SystemExit as exc:
+        code = exc.code
+    except Exception:  # noqa: BLE001 - the user's own code raised: its traceback is the message
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code if isinstance(code, int) else 0 if code is None else 1)

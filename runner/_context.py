@@ -1,0 +1,23 @@
+"""Where code is running: on the client, or inside a container serving inputs.
+
+Standard library only: the agent imports this inside user images.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+
+REMOTE_ENV = "RUNNER_IS_REMOTE"
+
+current_input: contextvars.ContextVar[str | None] = contextvars.ContextVar("runner_current_input", default=None)
+
+
+def is_local() -> bool:
+    """True on the client, False inside a container that serves a function."""
+    return os.environ.get(REMOTE_ENV) != "1"
+
+
+def current_input_id() -> str | None:
+    """The id of the input being served by the calling code, or None outside a function call."""
+    return current_input.get()

@@ -1,0 +1,109 @@
+"""What runner itself shows: status lines, image build logs, map progress.
+
+Container stdout and stderr always stream to the terminal. Runner's own lines appear only while
+output is enabled (`runner run` enables it; so does `with runner.enable_output():`), on stderr,
+with rich progress bars on a terminal and plain lines otherwise. Notices (one-line warnings such
+as "image steps are not applied in embedded mode") always show, once each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+
+
+class _Output:
+    def __init__(self):
+        self.enabled = False
+        self.verbose = False
+        self._noticed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _tty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def status(self, message: str) -> None:
+        if self.enabled and self.verbose:
+            self.line(message)
+
+    def line(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    def notice(self, message: str) -> None:
+        """A one-line notice, shown once per process whatever the output setting."""
+        with self._lock:
+            if message in self._noticed:
+                return
+            self._noticed.add(message)
+        self.line(message)
+
+    def log_line(self, stream, text: str) -> None:
+        """A line of container output, written through to the terminal."""
+        try:
+            stream.write(text)
+            stream.flush()
+        except (ValueError, OSError):  # the stream closed under us at exit
+            pass
+
+    @contextlib.contextmanager
+    def map_progress(self, name: str):
+        """Progress of a map: a rich bar on a terminal while output is enabled, else nothing."""
+        if not (self.enabled and self._tty()):
+            yield _NoProgress()
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn(f"{name}.map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        ) as progress:
+            yield _RichProgress(progress, progress.add_task(name, total=None))
+
+
+class _NoProgress:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def total(self, n: int) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+        self._pending = 0
+        self._last = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self._pending += n
+        now = time.monotonic()
+        if now - self._last > 0.1:
+            self.progress.update(self.task, advance=self._pending)
+            self._pending, self._last = 0, now
+
+    def total(self, n: int) -> None:
+        self.progress.update(self.task, total=n, advance=self._pending)
+        self._pending = 0
+
+
+_OUTPUT = _Output()
+
+
+def output() -> _Output:
+    return _OUTPUT
+
+
+@contextlib.contextmanager
+def enable_output(show_progress: bool = True):
+    """Show runner's status, build logs and progress while the block runs."""
+    before = _OUTPUT.enabled
+    _OUTPUT.enabled = bool(show_progress)
+    try:
+        yield
+    finally:
+        _OUTPUT.enabled = before

@@ -1,0 +1,158 @@
+"""Providers: where containers run. Each is a small transport for work behind one interface.
+
+The input plane (`runner._session`) decides what runs and when; a provider only builds images,
+starts a container that runs the agent, reports whether it is alive, and stops it. The embedded
+provider needs nothing installed and doubles as the fast test double; the docker provider runs
+real containers.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from ..exception import InvalidError, ProviderError
+from .._resources import GPU
+
+PROVIDER_ENV = "RUNNER_PROVIDER"
+NAMES = ("embedded", "docker")
+CLOUD_HINT = "run it on a cluster with GPUs instead: `runner --cloud gcp|aws|azure run ...` (see infra/)"
+
+
+@dataclasses.dataclass
+class ContainerRequest:
+    """What one container needs: its image, environment, resources and how to reach the client."""
+
+    name: str  # the function it serves, for labels and messages
+    image: Any  # runner.Image or None
+    env: dict[str, str]
+    cpu: tuple[float, float | None] | None
+    memory: tuple[float, float | None] | None
+    gpu: tuple[GPU, ...]
+    token: str
+    socket_dir: str  # host directory holding the client's unix socket
+    socket_name: str
+    app_root: str | None  # host directory to make importable in the container
+    session: str
+
+
+class Provider(abc.ABC):
+    name: str = ""
+    default_max_containers: int = 4
+
+    def validate(self, image: Any, gpu: tuple[GPU, ...], cpu, memory, fn_name: str) -> None:
+        """Raise before anything runs if this provider cannot serve the function as asked."""
+        if gpu:
+            host = host_gpus()
+            if not host:
+                raise ProviderError(
+                    f"{fn_name} asks for gpu {_gpu_text(gpu)}, but this host has no NVIDIA GPU "
+                    f"(nvidia-smi lists none); {CLOUD_HINT}"
+                )
+            if not any(_gpu_fits(g, host) for g in gpu):
+                raise ProviderError(
+                    f"{fn_name} asks for gpu {_gpu_text(gpu)}, but this host has {', '.join(host)}; {CLOUD_HINT}"
+                )
+        cpus = os.cpu_count() or 1
+        for req, limit in [cpu] if cpu else []:
+            if req > cpus:
+                raise ProviderError(f"{fn_name} asks for cpu={req:g}, but this host has {cpus} CPUs; lower it or {CLOUD_HINT}")
+        if memory:
+            total = _host_memory_mib()
+            if total and memory[0] > total:
+                raise ProviderError(
+                    f"{fn_name} asks for memory={memory[0]:g} MiB, but this host has {total} MiB; lower it or {CLOUD_HINT}"
+                )
+
+    def prepare(self, image: Any) -> Any:
+        """Build or find the image; return what `start` needs to run it."""
+        return image
+
+    @abc.abstractmethod
+    def start(self, req: ContainerRequest, prepared: Any) -> Any:
+        """Start a container running the agent; return a handle."""
+
+    @abc.abstractmethod
+    def alive(self, handle: Any) -> bool: ...
+
+    @abc.abstractmethod
+    def exit_info(self, handle: Any) -> str:
+        """How the container ended, e.g. 'exit code 137 (out of memory)'."""
+
+    @abc.abstractmethod
+    def stop(self, handle: Any) -> None:
+        """Kill and remove; idempotent."""
+
+    @abc.abstractmethod
+    def container_path(self, host_path: str) -> str:
+        """Where a host path made importable for the app appears inside the container."""
+
+    def close(self) -> None:
+        """Release what the provider holds; containers are stopped by the session already."""
+
+
+def host_gpus() -> list[str]:
+    """Names of the NVIDIA GPUs on this host, as nvidia-smi reports them (empty when none)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def _gpu_text(gpu: tuple[GPU, ...]) -> str:
+    return " or ".join(str(g) for g in gpu)
+
+
+def _gpu_fits(want: GPU, host: list[str]) -> bool:
+    if len(host) < want.count:
+        return False
+    if want.type == "ANY":
+        return True
+    name = want.type.rstrip("!").split("-")[0]
+    return sum(name in h.upper().replace(" ", "") for h in host) >= want.count
+
+
+def _host_memory_mib() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return None
+
+
+def docker_answers(timeout: float = 2.0) -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means no usable daemon
+        return False
+
+
+def choose(name: str | None = None) -> Provider:
+    """The provider named, else RUNNER_PROVIDER, else docker when a daemon answers, else embedded."""
+    name = name or os.environ.get(PROVIDER_ENV) or None
+    if name is None:
+        name = "docker" if docker_answers() else "embedded"
+    if name == "embedded":
+        from ._embedded import EmbeddedProvider
+
+        return EmbeddedProvider()
+    if name == "docker":
+        from ._docker import DockerProvider
+
+        return DockerProvider()
+    if name == "kubernetes":
+        raise ProviderError("the kubernetes provider is not available in this version of runner; use docker or embedded")
+    raise InvalidError(f"unknown provider {name!r}: use one of {', '.join(NAMES)}")

@@ -1,0 +1,138 @@
+"""The embedded provider: containers are worker subprocesses of this same interpreter.
+
+Nothing to install and nothing to start, so it is the default on a fresh machine and the fast
+test double. Environment, secrets, timeouts, retries and concurrency behave as in containers.
+Image build steps are not applied (a notice says so). Resources are enforced as far as a plain
+process allows: a `cpu` limit pins the worker to that many cores, a `memory` limit caps its address space
+(Modal's semantics: `cpu=2` / `memory=512` are requests, `(request, limit)` pairs add the limit).
+Workers die with the client (PR_SET_PDEATHSIG) and exit on their own when the client's socket
+closes, so nothing outlives a client, however it ends.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import math
+import os
+import queue
+import resource
+import signal
+import subprocess
+import sys
+import threading
+
+from .._agent import ADDR_ENV, TOKEN_ENV
+from .._output import output
+from . import ContainerRequest, Provider
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _package_root() -> str:
+    import runner
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__)))
+
+
+class EmbeddedProvider(Provider):
+    name = "embedded"
+    default_max_containers = max(4, 2 * (os.cpu_count() or 1))
+
+    def __init__(self):
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so every worker is
+        # forked by this one long-lived thread rather than by the short-lived start threads.
+        self._spawns: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._spawner, name="runner-embedded-spawner", daemon=True).start()
+
+    def _spawner(self) -> None:
+        while True:
+            kwargs, done = self._spawns.get()
+            try:
+                done.set_result(subprocess.Popen(**kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+    def start(self, req: ContainerRequest, prepared) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(req.env)
+        env[ADDR_ENV] = "unix:" + os.path.join(req.socket_dir, req.socket_name)
+        env[TOKEN_ENV] = req.token
+        path = [_package_root()] + [p for p in sys.path if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+        cpus = _cpu_set(req.cpu)
+        memory = req.memory[1] if req.memory else None
+
+        def preexec():
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.setpgrp()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            if memory:
+                limit = int(memory * 1024 * 1024)
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._spawns.put((dict(
+            args=[sys.executable, "-m", "runner._agent"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=preexec,
+        ), done))
+        proc = done.result()
+        for src, dst in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            threading.Thread(target=_forward, args=(src, dst), daemon=True).start()
+        with self._lock:
+            self._procs.add(proc)
+        return proc
+
+    def alive(self, handle: subprocess.Popen) -> bool:
+        return handle.poll() is None
+
+    def exit_info(self, handle: subprocess.Popen) -> str:
+        try:
+            code = handle.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def stop(self, handle: subprocess.Popen) -> None:
+        if handle.poll() is None:
+            try:
+                os.killpg(handle.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        handle.wait()
+        with self._lock:
+            self._procs.discard(handle)
+
+    def container_path(self, host_path: str) -> str:
+        return host_path
+
+    def close(self) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            self.stop(proc)
+
+
+def _cpu_set(cpu) -> set[int] | None:
+    if not cpu or cpu[1] is None:
+        return None  # a request alone is a scheduling hint, as on Modal; the limit is what binds
+    want = math.ceil(cpu[1])
+    have = sorted(os.sched_getaffinity(0))
+    return set(have[:want]) if want < len(have) else None
+
+
+def _forward(src, name: str) -> None:
+    """Copy a worker's output to ours, line by line, as it comes."""
+    for raw in iter(src.readline, b""):
+        output().log_line(getattr(sys, name), raw.decode(errors="replace"))
+    src.close()
