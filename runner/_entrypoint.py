@@ -18,7 +18,7 @@ from ._app import App, LocalEntrypoint
 from ._cls import Cls
 from ._compat import install_modal_alias
 from ._function import Function
-from .exception import InvalidError, NotFoundError
+from .exception import Error, InvalidError, NotFoundError
 
 
 class UserCodeError(Exception):
@@ -39,10 +39,16 @@ def load_module(target: str, as_module: bool) -> tuple[Any, str | None]:
     install_modal_alias()
     if as_module:
         sys.path.insert(0, os.getcwd())
-        if importlib.util.find_spec(ref) is None:
+        try:
+            found = importlib.util.find_spec(ref)
+        except ModuleNotFoundError:
+            found = None
+        if found is None:
             raise NotFoundError(f"no module named {ref!r} on the path (from {os.getcwd()})")
         try:
             return importlib.import_module(ref), name or None
+        except Error:
+            raise  # a bad option at decoration time: runner's one-line error
         except Exception as exc:
             raise UserCodeError() from exc
     path = pathlib.Path(ref)
@@ -58,6 +64,8 @@ def load_module(target: str, as_module: bool) -> tuple[Any, str | None]:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except Error:
+        raise
     except Exception as exc:
         raise UserCodeError() from exc
     return module, name or None
@@ -69,7 +77,7 @@ def _apps(module: Any) -> dict[str, App]:
 
 def _candidates(app: App) -> list[Runnable]:
     out = [Runnable(app, n, "entrypoint", e.raw, e.raw) for n, e in app._entrypoints.items()]
-    out += [Runnable(app, n, "function", f._raw, f) for n, f in app._functions.items()]
+    out += [Runnable(app, n, "function", f._raw, f.remote_gen if f._is_gen() else f.remote) for n, f in app._functions.items()]
     for n, c in app._classes.items():
         for m, raw in c._methods.items():
             out.append(Runnable(app, f"{n}.{m}", "method", raw, _method_caller(c, m)))
@@ -77,7 +85,11 @@ def _candidates(app: App) -> list[Runnable]:
 
 
 def _method_caller(c: Cls, method: str) -> Callable:
-    return lambda **kw: getattr(c(), method).remote(**kw)
+    def call(**kw):
+        m = getattr(c(), method)
+        return m.remote_gen(**kw) if m._is_gen() else m.remote(**kw)
+
+    return call
 
 
 def pick(module: Any, name: str | None, where: str) -> Runnable:
@@ -133,6 +145,8 @@ def parse_flags(r: Runnable, args: list[str], prog: str) -> dict[str, Any]:
             flag = "/".join(names) + "/--no-" + p.name.replace("_", "-")
             params.append(click.Option([flag, p.name], default=bool(default), show_default=True))
         else:
-            params.append(click.Option([*names, p.name], type=_TYPES[ann], required=required, default=default))
-    command = click.Command(prog, params=params, callback=lambda **kw: kw)
-    return command.main(args=args, prog_name=prog, standalone_mode=False)
+            extra = {} if required else {"default": default}  # click 8.4 treats default=None as given
+            params.append(click.Option([*names, p.name], type=_TYPES[ann], required=required, **extra))
+    command = click.Command(prog, params=params)
+    with command.make_context(prog, list(args)) as ctx:
+        return dict(ctx.params)
