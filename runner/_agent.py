@@ -93,12 +93,14 @@ class Agent:
         self.cancelled: set[str] = set()
         self.instance = None
         self.target = None
+        self.max_inputs = int(spec.get("max_inputs") or 1)
         self.exit_once = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._threads_started = False
         self._batchers: dict[str, _Batcher] = {}
+        self._dispatch_cache: dict[str | None, tuple] = {}
 
     # ---- set-up ----------------------------------------------------------------------------
     def load(self) -> None:
@@ -123,7 +125,6 @@ class Agent:
         else:
             self.target = target
             self.flags = flags_of(target)
-        self.max_inputs = int(self.spec.get("max_inputs") or self.flags.get("max_inputs") or 1)
 
     def _callable(self, method: str | None):
         return getattr(self.instance, method) if self.instance is not None else self.target
@@ -148,23 +149,36 @@ class Agent:
 
     def _worker(self) -> None:
         while True:
-            item = self._work.get()
-            self._serve_sync(*item)
+            input_id, fn, blob, chunk = self._work.get()
+            if chunk:
+                self._serve_chunk(input_id, fn, blob)
+            else:
+                self._serve_sync(input_id, fn, blob)
+
+    def _dispatch(self, method: str | None) -> tuple:
+        """How to run a method, worked out once: (callable, "batch" | "async" | "sync", batch args)."""
+        found = self._dispatch_cache.get(method)
+        if found is None:
+            fn = self._callable(method)
+            batch = flags_of(fn).get("batch")
+            is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+            found = self._dispatch_cache[method] = (fn, "batch" if batch else "async" if is_async else "sync", batch)
+        return found
 
     def submit(self, input_id: str, method: str | None, kind: str, blob) -> None:
-        fn = self._callable(method)
-        batch = flags_of(fn).get("batch")
-        if batch:
+        fn, mode, batch = self._dispatch(method)
+        chunk = kind == "chunk"
+        if mode == "batch":
             batcher = self._batchers.get(method or "")
             if batcher is None:
                 batcher = self._batchers[method or ""] = _Batcher(self, fn, *batch)
             batcher.add(input_id, blob)
-        elif inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-            loop = self._ensure_loop()
-            asyncio.run_coroutine_threadsafe(self._serve_async(input_id, fn, blob), loop)
+        elif mode == "async":
+            serve = self._serve_chunk_async if chunk else self._serve_async
+            asyncio.run_coroutine_threadsafe(serve(input_id, fn, blob), self._ensure_loop())
         else:
             self._ensure_threads()
-            self._work.put((input_id, fn, blob))
+            self._work.put((input_id, fn, blob, chunk))
 
     def _begin(self, input_id: str, task=None) -> bool:
         with self.running_lock:
@@ -200,6 +214,60 @@ class Agent:
         finally:
             current_input.reset(token)
 
+    def _next_item(self, input_id: str) -> bool:
+        """Restart the timeout clock for the next item of a chunk; False if the chunk was ended."""
+        with self.running_lock:
+            if input_id not in self.running:
+                return False
+            self.running[input_id] = (time.monotonic(), self.running[input_id][1])
+        return True
+
+    def _serve_chunk(self, input_id: str, fn, blob) -> None:
+        """Many map items in one payload; one outcome per item, sent back together."""
+        if not self._begin(input_id):
+            return
+        try:
+            arg_tuples, kwargs = _cloudpickle().loads(blob)
+        except BaseException as exc:  # noqa: BLE001
+            if self._end(input_id):
+                self.emit_error(input_id, exc)
+            return
+        outcomes = []
+        for k, args in enumerate(arg_tuples):
+            if not self._next_item(input_id):
+                return
+            token = current_input.set(f"{input_id}.{k}")
+            try:
+                outcomes.append((0, fn(*args, **kwargs)))
+            except BaseException as exc:  # noqa: BLE001
+                outcomes.append(_item_error(exc))
+            finally:
+                current_input.reset(token)
+        if self._end(input_id):
+            self.emit_chunk(input_id, outcomes)
+
+    async def _serve_chunk_async(self, input_id: str, fn, blob) -> None:
+        async with self._sem:
+            if not self._begin(input_id, asyncio.current_task()):
+                return
+            try:
+                arg_tuples, kwargs = _cloudpickle().loads(blob)
+                outcomes = []
+                for k, args in enumerate(arg_tuples):
+                    if not self._next_item(input_id):
+                        return
+                    current_input.set(f"{input_id}.{k}")
+                    try:
+                        outcomes.append((0, await fn(*args, **kwargs)))
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001
+                        outcomes.append(_item_error(exc))
+            except asyncio.CancelledError:
+                return
+            if self._end(input_id):
+                self.emit_chunk(input_id, outcomes)
+
     async def _serve_async(self, input_id: str, fn, blob) -> None:
         async with self._sem:
             if not self._begin(input_id, asyncio.current_task()):
@@ -234,6 +302,23 @@ class Agent:
             self.out.put((input_id, P.ERR, _dump_exc(err), ""))
             return
         self.out.put((input_id, status, blob, None))
+
+    def emit_chunk(self, input_id: str, outcomes: list) -> None:
+        try:
+            blob = _cloudpickle().dumps(outcomes)
+        except Exception:  # noqa: BLE001 - find the items whose results cannot travel
+            from .exception import SerializationError
+
+            fixed = []
+            for outcome in outcomes:
+                try:
+                    _cloudpickle().dumps(outcome)
+                    fixed.append(outcome)
+                except Exception as exc:  # noqa: BLE001
+                    err = SerializationError(f"the result of {self.spec['name']} cannot be serialized: {type(exc).__name__}: {exc}")
+                    fixed.append((1, _dump_exc(err), ""))
+            blob = _cloudpickle().dumps(fixed)
+        self.out.put((input_id, P.OK, blob, None))
 
     def emit_error(self, input_id: str, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -301,12 +386,14 @@ class Agent:
         sys.stderr.flush()
         os._exit(3)
 
-    def cancel(self, input_id: str) -> None:
+    def cancel(self, input_id: str, soft: bool = False) -> None:
         with self.running_lock:
             entry = self.running.get(input_id)
             if entry is None:
                 self.cancelled.add(input_id)
                 return
+        if soft:
+            return  # it runs to the end; nobody waits for the result
         task = entry[1]
         if task is not None:
             if self._end(input_id):
@@ -355,7 +442,7 @@ class Agent:
                 for (input_id, method, kind), blob in zip(header["items"], blobs):
                     self.submit(input_id, method, kind, blob)
             elif op == P.CANCEL:
-                self.cancel(header["input_id"])
+                self.cancel(header["input_id"], header.get("soft", False))
             elif op == P.SHUTDOWN:
                 self.stop(0)
 
@@ -414,6 +501,11 @@ class _Batcher:
 
 async def _await(awaitable):
     return await awaitable
+
+
+def _item_error(exc: BaseException) -> tuple:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (1, _dump_exc(exc), tb)
 
 
 def _line(fn) -> int:

@@ -22,12 +22,13 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from . import _protocol as P
 from ._output import output
 from ._resources import FunctionOptions
-from ._serialization import decode_error, deserialize, serialize_args
+from ._serialization import decode_error, deserialize, serialize_args, serialize_chunk
 from ._session import LOCAL_ERR, AsyncSink, Input, QueueSink, new_id
 from .exception import InvalidError, NotFoundError, OutputExpiredError, TimeoutError
 
-MAP_WINDOW = 2048
-FEED_CHUNK = 256
+MAP_WINDOW = 4096  # map items outstanding at most: what bounds a map's memory
+FEED_CHUNK = 1024  # items read from the input per submit
+MIN_FEED = 256  # refill the window only once this many slots are free
 
 
 class _Aio:
@@ -144,7 +145,11 @@ def _outcome_or_exc(name: str, status: str, payload: Any, tb: str | None, return
 
 
 class _MapDriver:
-    """The bookkeeping of one map, shared by the sync and async drivers."""
+    """The bookkeeping of one map, shared by the sync and async drivers.
+
+    Items are numbered in input order. For plain fast functions they travel in chunks (one Input
+    covering `weight` consecutive items, see `Pool.chunk_size`), otherwise one Input each. Results
+    are buffered by first item number until everything before them has been yielded."""
 
     def __init__(self, fn: _Invocable, order_outputs: bool, return_exceptions: bool, kwargs: dict, sink: Any):
         self.fn = fn
@@ -153,25 +158,31 @@ class _MapDriver:
         self.return_exceptions = return_exceptions
         self.kwargs = kwargs
         self.sink = sink
-        self.next_index = 0
-        self.next_out = 0
+        self.next_index = 0  # items submitted
+        self.next_out = 0  # items accepted (yielded, or ready to be)
         self.buffered: dict[int, tuple] = {}
         self.live: dict[str, Input] = {}
         self.exhausted = False
 
-    @property
-    def outstanding(self) -> int:
-        return self.next_index - self.next_out if self.order else len(self.live) + len(self.buffered)
-
     def want(self) -> int:
-        return 0 if self.exhausted else min(FEED_CHUNK, MAP_WINDOW - self.outstanding)
+        """How many more items to read from the input now (0: wait for results first)."""
+        free = MAP_WINDOW - (self.next_index - self.next_out)
+        if self.exhausted or (free < MIN_FEED and self.next_index > self.next_out):
+            return 0
+        return min(FEED_CHUNK, free)
 
     def submit(self, arg_tuples: list[tuple], short: bool) -> None:
-        batch = []
         name, raw, method = self.fn._name, self.fn._raw, self.fn._method
-        for args in arg_tuples:
-            inp = Input(method, serialize_args(name, raw, args, self.kwargs), self.sink, index=self.next_index)
-            self.next_index += 1
+        size = self.pool.chunk_size() if len(arg_tuples) > 1 else 1
+        batch = []
+        for at in range(0, len(arg_tuples), size):
+            part = arg_tuples[at : at + size]
+            if size == 1:
+                inp = Input(method, serialize_args(name, raw, part[0], self.kwargs), self.sink, index=self.next_index)
+            else:
+                blob = serialize_chunk(name, raw, part, self.kwargs)
+                inp = Input(method, blob, self.sink, index=self.next_index, kind="chunk", weight=len(part))
+            self.next_index += inp.weight
             self.live[inp.id] = inp
             batch.append(inp)
         if batch:
@@ -179,19 +190,35 @@ class _MapDriver:
         if short:
             self.exhausted = True
 
-    def accept(self, item: tuple) -> list[Any]:
-        """Outputs ready to yield, in order when asked, after one delivery."""
+    def _expand(self, item: tuple) -> list[Any]:
+        """The results an Input stands for, in item order (exceptions raised or returned)."""
         inp, status, payload, tb = item
+        name, rx = self.fn._name, self.return_exceptions
+        if inp.kind != "chunk":
+            return [_outcome_or_exc(name, status, payload, tb, rx)]
+        if status != P.OK:  # the whole chunk failed, e.g. the app stopped
+            return [_outcome_or_exc(name, status, payload, tb, rx) for _ in range(inp.weight)]
+        out = []
+        for outcome in deserialize(payload, f"the results of {name}"):
+            if outcome[0] == 0:
+                out.append(outcome[1])
+            else:
+                out.append(_outcome_or_exc(name, P.ERR, outcome[1], outcome[2], rx))
+        return out
+
+    def accept(self, item: tuple) -> list[Any]:
+        """Results ready to yield after one delivery, in input order when asked."""
+        inp = item[0]
         self.live.pop(inp.id, None)
         if not self.order:
-            self.next_out += 1
-            return [_outcome_or_exc(self.fn._name, status, payload, tb, self.return_exceptions)]
+            self.next_out += inp.weight
+            return self._expand(item)
         self.buffered[inp.index] = item
-        ready = []
+        ready: list[Any] = []
         while self.next_out in self.buffered:
-            _, status, payload, tb = self.buffered.pop(self.next_out)
-            self.next_out += 1
-            ready.append(_outcome_or_exc(self.fn._name, status, payload, tb, self.return_exceptions))
+            head = self.buffered.pop(self.next_out)
+            self.next_out += head[0].weight
+            ready.extend(self._expand(head))
         return ready
 
     @property
@@ -201,7 +228,7 @@ class _MapDriver:
     def close(self) -> None:
         self.sink.closed = True
         for inp in list(self.live.values()):
-            self.pool.cancel(inp)
+            self.pool.cancel(inp, soft=True)
 
 
 def _arg_tuples(iterables: tuple, starmap: bool) -> Iterator[tuple]:
@@ -263,7 +290,10 @@ class _Invocable:
 
     # ---- generators ------------------------------------------------------------------------
     def _remote_gen(self, *args, **kwargs) -> Iterator:
-        self._check(True, "remote_gen")
+        self._check(True, "remote_gen")  # here, not at the first next()
+        return self._remote_gen_iter(args, kwargs)
+
+    def _remote_gen_iter(self, args: tuple, kwargs: dict) -> Iterator:
         sink = QueueSink()
         inp = Input(self._method, serialize_args(self._name, self._raw, args, kwargs), sink, kind="gen")
         pool = self._pool()
@@ -528,7 +558,9 @@ class FunctionCall:
         loop = asyncio.get_running_loop()
         if not self._event.is_set():
             await loop.run_in_executor(None, self._event.wait, timeout)
-        return self._get(0)
+        if not self._event.is_set():
+            raise TimeoutError(f"{self.object_id} ({self._name}) did not finish within {timeout:g}s")
+        return _outcome(self._name, *self._result)
 
     get = _aio_pair("_get", "_get_aio")
 

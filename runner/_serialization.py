@@ -24,6 +24,22 @@ def serialize_args(fn_name: str, raw: Callable | None, args: tuple, kwargs: dict
         raise SerializationError(f"arguments of {fn_name} cannot be serialized: {type(exc).__name__}: {exc}") from None
 
 
+def serialize_chunk(fn_name: str, raw: Callable | None, arg_tuples: list[tuple], kwargs: dict) -> bytes:
+    """Many calls' arguments as one payload: `(list of args tuples, shared kwargs)`."""
+    try:
+        return cloudpickle.dumps((arg_tuples, kwargs))
+    except Exception:  # noqa: BLE001 - let the one-call path name the culprit
+        for args in arg_tuples:
+            serialize_args(fn_name, raw, args, kwargs)
+        raise
+
+
+def split_chunk(blob: bytes) -> list[bytes]:
+    """The single-call payloads of a chunk's items."""
+    arg_tuples, kwargs = cloudpickle.loads(blob)
+    return [cloudpickle.dumps((args, kwargs)) for args in arg_tuples]
+
+
 def _try_one(fn_name: str, name: str, value: Any) -> None:
     try:
         cloudpickle.dumps(value)

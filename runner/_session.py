@@ -49,7 +49,9 @@ LOCAL_ERR = "local_err"  # a status for errors made on the client; the payload i
 START_TIMEOUT = float(os.environ.get("RUNNER_START_TIMEOUT", "120"))
 DRAIN_TARGET = 0.5  # seconds of backlog one container may hold before another is worth starting
 PREFETCH_SECONDS = 0.02
-MAX_PREFETCH = 256
+MAX_PREFETCH = 1024
+CHUNK_SECONDS = 0.005
+MAX_CHUNK = 512
 TICK = 0.1
 
 _ids = itertools.count(1)
@@ -61,9 +63,13 @@ def new_id(kind: str) -> str:
 
 
 class Input:
-    __slots__ = ("id", "method", "kind", "blob", "sink", "retries", "index", "container", "sent_at", "items", "cancelled")
+    """One call, or with kind "chunk" a run of `weight` consecutive map items sent as one payload."""
 
-    def __init__(self, method: str | None, blob: bytes, sink: Any, index: int | None = None, kind: str = "call"):
+    __slots__ = ("id", "method", "kind", "blob", "sink", "retries", "index", "container", "sent_at", "items",
+                 "cancelled", "weight", "suspect")
+
+    def __init__(self, method: str | None, blob: bytes, sink: Any, index: int | None = None, kind: str = "call",
+                 weight: int = 1):
         self.id = new_id("in")
         self.method = method
         self.kind = kind
@@ -75,6 +81,8 @@ class Input:
         self.sent_at = 0.0
         self.items = 0
         self.cancelled = False
+        self.weight = weight
+        self.suspect = False  # was in flight when a container crashed: runs alone until it settles
 
     def describe(self) -> str:
         return f"input {self.id}" + (f" (item {self.index} of the map)" if self.index is not None else "")
@@ -115,6 +123,8 @@ class Container:
         self.conn = conn
         self.number = number
         self.inflight: dict[str, Input] = {}
+        self.load = 0  # map items in flight: chunks count for all their items
+        self.suspects = 0  # suspect inputs in flight (at most one, alone)
         self.idle_since = time.monotonic()
         self.last_output = 0.0
         self.dying: tuple[str, str] | None = None
@@ -218,7 +228,9 @@ class Pool:
         self._send(batches)
         self._start(starts)
 
-    def cancel(self, inp: Input) -> None:
+    def cancel(self, inp: Input, soft: bool = False) -> None:
+        """Cancel an input. A soft cancel (leaving a map) drops it if it has not started and lets
+        it finish otherwise, so the container stays warm; a hard one stops it where it runs."""
         with self.lock:
             inp.cancelled = True
             container = inp.container
@@ -232,7 +244,7 @@ class Pool:
             inp.sink.deliver(inp, LOCAL_ERR, InputCancellation(f"{inp.describe()} of {self.name} was cancelled"), None)
         else:
             try:
-                container.conn.send({"op": P.CANCEL, "input_id": inp.id})
+                container.conn.send({"op": P.CANCEL, "input_id": inp.id, "soft": soft})
             except P.ConnectionClosed:
                 pass
 
@@ -248,18 +260,25 @@ class Pool:
             return batches
         window = self.window()
         now = time.monotonic()
-        for c in sorted(self.containers, key=lambda c: len(c.inflight)):
-            free = window - len(c.inflight)
-            if c.stopping or free <= 0:
+        for c in sorted(self.containers, key=lambda c: c.load):
+            free = window - c.load
+            if c.stopping or free <= 0 or c.suspects:
                 continue
             take = []
             while free > 0 and self.pending:
+                if self.pending[0].suspect and (take or c.load):
+                    break  # a suspect runs alone, so that a crash names the right input
                 inp = self.pending.popleft()
                 inp.container, inp.sent_at = c, now
                 c.inflight[inp.id] = inp
+                c.load += inp.weight
                 take.append(inp)
-                free -= 1
-            batches.append((c, take))
+                free -= inp.weight
+                if inp.suspect:
+                    c.suspects += 1
+                    break
+            if take:
+                batches.append((c, take))
             if not self.pending:
                 break
         return batches
@@ -278,7 +297,7 @@ class Pool:
         """How many containers to start now (called under the lock)."""
         if self.session.closed:
             return 0
-        backlog = len(self.pending) + len(self.delayed) + sum(len(c.inflight) for c in self.containers)
+        backlog = sum(i.weight for i in self.pending) + len(self.delayed) + sum(c.load for c in self.containers)
         want = 0
         if backlog:
             share = 1.0 if self.ema is None else min(1.0, self.ema / DRAIN_TARGET)
@@ -358,7 +377,8 @@ class Pool:
         with self.lock:
             now = time.monotonic()
             if c.last_output and c.inflight:
-                per = (now - max(c.last_output, min(i.sent_at for i in c.inflight.values()))) / len(items)
+                done = sum(c.inflight[i[0]].weight for i in items if i[0] in c.inflight) or 1
+                per = (now - max(c.last_output, min(i.sent_at for i in c.inflight.values()))) / done
                 self.ema = per if self.ema is None else 0.8 * self.ema + 0.2 * per
             c.last_output = now
             for (input_id, status, tb), blob in zip(items, blobs):
@@ -370,11 +390,15 @@ class Pool:
                     deliveries.append((inp, status, blob, None))
                     continue
                 del c.inflight[input_id]
+                c.load -= inp.weight
+                c.suspects -= inp.suspect
                 inp.container = None
                 if status in (P.OK, P.GEN_DONE):
                     deliveries.append((inp, status, blob, None))
                 elif status == P.CANCELLED:
                     deliveries.append((inp, LOCAL_ERR, InputCancellation(f"{inp.describe()} of {self.name} was cancelled"), None))
+                elif inp.kind == "chunk" and status == P.TIMEOUT:
+                    self._split(inp)  # one of its items ran too long: find out which, one by one
                 elif self._retry(inp, now):
                     retry_now = True
                 elif status == P.TIMEOUT:
@@ -390,6 +414,24 @@ class Pool:
         self._send(batches)
         if retry_now:
             self.session.wake()
+
+    def chunk_size(self) -> int:
+        """How many map items to send as one payload: about CHUNK_SECONDS of work, for plain fast
+        functions only. Functions with retries or concurrency get single inputs, so every item
+        keeps its own retry count and its own slot."""
+        if self.ema is None or self.opts.retries is not None or self.base > 1:
+            return 1
+        return max(1, min(MAX_CHUNK, int(CHUNK_SECONDS / max(self.ema, 1e-7))))
+
+    def _split(self, chunk: Input) -> None:
+        """Put a chunk's items back in the queue as single inputs (called under the lock)."""
+        from ._serialization import split_chunk
+
+        singles = [
+            Input(chunk.method, blob, chunk.sink, index=chunk.index + k)
+            for k, blob in enumerate(split_chunk(chunk.blob))
+        ]
+        self.pending.extendleft(reversed(singles))
 
     def _retry(self, inp: Input, now: float) -> bool:
         """Schedule another attempt if the policy allows one (called under the lock)."""
@@ -409,18 +451,36 @@ class Pool:
             now = time.monotonic()
             orphans = list(c.inflight.values())
             c.inflight.clear()
+            c.load = c.suspects = 0
+            requeue: list[Input] = []
+            # Which input brought the container down? If no more were in flight than it runs at
+            # once, each of them may have; otherwise outputs still unsent may have died with it,
+            # so nobody is charged and each goes again alone, where a second crash is exact.
+            singles = [i for i in orphans if i.kind != "chunk"]
+            blame = len(singles) <= self.base
             for inp in orphans:
                 inp.container = None
-                if c.dying is not None and c.dying[1] != inp.id:
-                    self.pending.appendleft(inp)  # only queued behind the input that stopped it
+                if inp.cancelled:
+                    err = InputCancellation(f"{inp.describe()} of {self.name} was cancelled")
+                    deliveries.append((inp, LOCAL_ERR, err, None))
                 elif self.session.closed:
-                    deliveries.append((inp, LOCAL_ERR, ExecutionError(f"the app stopped before {inp.describe()} finished"), None))
+                    err = ExecutionError(f"the app stopped before {inp.describe()} finished")
+                    deliveries.append((inp, LOCAL_ERR, err, None))
+                elif inp.kind == "chunk":
+                    self._split(inp)  # a chunk is only an optimisation: its items go on as single inputs
+                elif c.dying is not None:
+                    if c.dying[1] != inp.id:
+                        requeue.append(inp)  # queued behind the input the agent stopped on purpose
+                elif not blame:
+                    inp.suspect = True
+                    requeue.append(inp)
                 elif not self._retry(inp, now):
                     err = RemoteError(
                         f"container {c.number} of {self.name} ended ({info or 'it exited'}) while running "
                         f"{inp.describe()}, and no retries are left"
                     )
                     deliveries.append((inp, LOCAL_ERR, err, None))
+            self.pending.extendleft(reversed(requeue))
             batches = self._assign()
             starts = self._scale()
         for d in deliveries:
@@ -441,7 +501,7 @@ class Pool:
             for c in self.containers:
                 if c.inflight:
                     oldest = min(i.sent_at for i in c.inflight.values())
-                    depth = math.ceil(len(c.inflight) / self.base)
+                    depth = math.ceil(c.load / self.base)
                     if now - oldest > limit * depth + 30:
                         kill.append(c)  # the agent's own watchdog did not answer: it is stuck
             idle = [c for c in self.containers if not c.inflight and not c.stopping]

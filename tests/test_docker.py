@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import docker
 import pytest
 
@@ -51,14 +53,16 @@ def test_a_changed_step_rebuilds_from_that_step_on(docker_provider, monkeypatch)
     ran = []
     real = _docker.DockerProvider._step
     monkeypatch.setattr(_docker.DockerProvider, "_step", lambda self, prev, step, *a: ran.append(step) or real(self, prev, step, *a))
-    changed = dockerish.image.run_commands("echo one-more > /more.txt")
+    step = f"echo {uuid.uuid4().hex} > /more.txt"  # new to this daemon, so not cached
+    changed = dockerish.image.run_commands(step)
     assert changed.chain()[:-1] == dockerish.image.chain()
     provider = _docker.DockerProvider()
     try:
-        provider.prepare(changed)
+        ref = provider.prepare(changed)
+        provider.client.images.remove(ref)
     finally:
         provider.close()
-    assert [s.args for s in ran] == [("echo one-more > /more.txt",)]
+    assert [s.args for s in ran] == [(step,)]
 
 
 def test_cpu_and_memory_limits_reach_the_container(docker_provider, client):

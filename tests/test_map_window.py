@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from runner._function import MAP_WINDOW
+from runner._function import FEED_CHUNK, MAP_WINDOW
 
 
 def test_map_keeps_a_bounded_number_of_inputs_outstanding(provider):
@@ -27,8 +27,8 @@ def test_map_keeps_a_bounded_number_of_inputs_outstanding(provider):
             if got == 30_000:
                 break
     # Outstanding inputs never exceed the window (plus one feed chunk in flight).
-    assert worst <= MAP_WINDOW + 256, worst
-    assert pulled < 30_000 + MAP_WINDOW + 256
+    assert worst <= MAP_WINDOW + FEED_CHUNK, worst
+    assert pulled < 30_000 + MAP_WINDOW + FEED_CHUNK
 
 
 def test_unordered_map_is_bounded_too(provider):
@@ -51,4 +51,4 @@ def test_unordered_map_is_bounded_too(provider):
             total += value
             worst = max(worst, pulled - seen)
     assert total == sum(range(20_000))
-    assert worst <= MAP_WINDOW + 256, worst
+    assert worst <= MAP_WINDOW + FEED_CHUNK, worst
