@@ -52,6 +52,21 @@ class _Output:
             pass
 
     @contextlib.contextmanager
+    def build_step(self, title: str):
+        """One image build step: a rich spinner on a terminal, a plain line otherwise. Yields a
+        function that shows a line of the step's log (only while output is enabled)."""
+        if not (self.enabled and self._tty()):
+            self.line(title)
+            yield (lambda text: self.line(f"      {text}")) if self.enabled else (lambda text: None)
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(title):
+            yield lambda text: console.print(f"      {text}", style="dim", markup=False, highlight=False)
+        console.print(f"{title} [green]done[/green]")
+
+    @contextlib.contextmanager
     def map_progress(self, name: str):
         """Progress of a map: a rich bar on a terminal while output is enabled, else nothing."""
         if not (self.enabled and self._tty()):

@@ -139,7 +139,6 @@ class DockerProvider(Provider):
         config = self.client.images.get(prev).attrs["Config"] or {}
         env = list(config.get("Env") or [])
         workdir = config.get("WorkingDir") or ""
-        output().line(f"  [{number}/{total}] {step.describe()}")
         script = None
         if step.kind == "run":
             script = step.args[0]
@@ -165,17 +164,20 @@ class DockerProvider(Provider):
             prev, entrypoint=[], command=command, volumes=volumes, working_dir=workdir or None,
             labels={f"{LABEL}.build": tag, f"{LABEL}.owner": self.owner},
         )
+        title = f"  [{number}/{total}] {step.describe()}"
         try:
+            if not script:
+                output().line(title)
             if step.kind == "copy":
                 container.put_archive("/", _tar(step.args[0], step.args[1]))
             elif script:
                 container.start()
                 lines: list[str] = []
-                for chunk in container.logs(stream=True, follow=True):
-                    for line in chunk.decode(errors="replace").splitlines():
-                        lines.append(line)
-                        if output().enabled:
-                            output().line(f"      {line}")
+                with output().build_step(title) as show:
+                    for chunk in container.logs(stream=True, follow=True):
+                        for line in chunk.decode(errors="replace").splitlines():
+                            lines.append(line)
+                            show(line)
                 code = container.wait().get("StatusCode", 1)
                 if code != 0:
                     tail = "\n".join(lines[-40:])
