@@ -370,3 +370,29 @@ def test_image_build_failure_shows_the_failing_step_log(tmp_path):
     lines = assert_one_line_error(proc, "image build failed at step 2/2", "exit code 7")
     assert any("failing-step-says-why" in line for line in lines[1:]), proc.stderr
     assert "must not run" not in proc.stdout
+
+
+def test_embedded_mode_says_once_that_image_steps_are_not_applied(tmp_path):
+    write(tmp_path, "img.py", """
+        import modal
+        image = modal.Image.debian_slim().pip_install("six").env({"FROM_IMAGE": "yes"})
+        app = modal.App(image=image)
+
+        @app.function()
+        def f() -> str:
+            import os
+            return os.environ.get("FROM_IMAGE", "")
+
+        @app.function()
+        def g() -> int:
+            return 1
+
+        @app.local_entrypoint()
+        def main():
+            print("env from image:", f.remote(), g.remote())
+    """)
+    proc = run_cli(["run", "img.py"], tmp_path, env={"RUNNER_PROVIDER": "embedded"})
+    assert proc.returncode == 0, proc.stderr
+    assert "env from image: yes 1" in proc.stdout
+    notices = [line for line in proc.stderr.splitlines() if "does not apply image build steps" in line]
+    assert len(notices) == 1 and "f, g" in notices[0]

@@ -120,3 +120,11 @@ def test_gpu_request_becomes_a_device_request(monkeypatch):
         provider.start(req, "img")
     (request,) = captured["device_requests"]
     assert request["Count"] == 2 and request["Capabilities"] == [["gpu"]]
+
+
+def test_apt_and_pip_steps_install_packages(docker_provider):
+    """Real package installs through the image builder (PyPI over the host's CA, Debian's mirror)."""
+    from apps import dockerish
+
+    with dockerish.packaged_app.run():
+        assert dockerish.tools.remote() == {"six": "1.16.0", "jq": "3"}

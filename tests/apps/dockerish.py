@@ -34,3 +34,17 @@ def hog(mib: int) -> int:
 def shout(text: str) -> str:
     print(f"stdout-from-container {text}")
     return text.upper()
+
+
+packaged = runner.Image.debian_slim().apt_install("jq").pip_install("six==1.16.0")
+packaged_app = runner.App("tests-docker-packages", image=packaged)
+
+
+@packaged_app.function()
+def tools() -> dict:
+    import subprocess
+
+    import six
+
+    jq = subprocess.run(["jq", "-n", "1+2"], capture_output=True, text=True).stdout.strip()
+    return {"six": six.__version__, "jq": jq}
