@@ -14,10 +14,9 @@ from typing import Any, Callable
 
 import click
 
-from ._app import App, LocalEntrypoint
+from ._app import App
 from ._cls import Cls
 from ._compat import install_modal_alias
-from ._function import Function
 from .exception import Error, InvalidError, NotFoundError
 
 
