@@ -19,8 +19,19 @@ import click
 import typer
 
 from . import __version__
+from ._images_cli import image_cli
 from ._output import enable_output, output
 from .exception import Error
+
+try:  # typer >= 0.29 carries its own copy of click and raises that copy's exceptions
+    from typer import _click as _typer_click
+except ImportError:  # older typer uses click itself
+    _typer_click = click
+
+# Usage errors come from typer's click (the command line) or from click (entrypoint flags).
+_EXIT = tuple({click.exceptions.Exit, typer.Exit})
+_CLICK_ERROR = tuple({click.ClickException, _typer_click.ClickException})
+_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
 
 cli = typer.Typer(
     name="runner",
@@ -80,18 +91,26 @@ def run(
                     pass
 
 
+cli.add_typer(image_cli, name="image")  # `runner image build | ls | prune`
+
+
 def main(argv: List[str] | None = None) -> None:
     from ._entrypoint import UserCodeError
 
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli(args=args, prog_name="runner", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        print(f"Error: {exc.format_message()}", file=sys.stderr)
+    except _CLICK_ERROR as exc:
+        message = exc.format_message()
+        typer_usage = _typer_click is not click and isinstance(exc, _typer_click.exceptions.UsageError)
+        if message and typer_usage and exc.ctx is not None:
+            print(exc.ctx.get_usage(), file=sys.stderr)  # a bad command line: show how it goes
+        if message:  # no message: typer printed the help already (no_args_is_help)
+            print(f"Error: {message}", file=sys.stderr)
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         print("Aborted.", file=sys.stderr)
         code = 130
     except KeyboardInterrupt:

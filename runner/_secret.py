@@ -10,6 +10,7 @@ import os
 import pathlib
 from typing import Iterable
 
+from ._context import is_local
 from .exception import InvalidError, NotFoundError
 
 
@@ -37,6 +38,8 @@ class Secret:
     def from_local_environ(env_keys: Iterable[str]) -> Secret:
         keys = [env_keys] if isinstance(env_keys, str) else list(env_keys)
         missing = [k for k in keys if k not in os.environ]
+        if missing and not is_local():
+            return Secret({}, source="from_local_environ")  # inside a container: given as env already
         if missing:
             raise InvalidError(f"Secret.from_local_environ: not set in this environment: {', '.join(missing)}")
         return Secret({k: os.environ[k] for k in keys}, source="from_local_environ")
@@ -46,6 +49,8 @@ class Secret:
         file = pathlib.Path(path or os.getcwd())
         if file.is_dir():
             file = file / filename
+        if not file.is_file() and not is_local():
+            return Secret({}, source="from_dotenv")  # inside a container: given as env already
         if not file.is_file():
             raise NotFoundError(f"Secret.from_dotenv: no file at {file}")
         values: dict[str, str] = {}

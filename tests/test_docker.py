@@ -128,3 +128,39 @@ def test_apt_and_pip_steps_install_packages(docker_provider):
 
     with dockerish.packaged_app.run():
         assert dockerish.tools.remote() == {"six": "1.16.0", "jq": "3"}
+
+
+def test_force_build_rebuilds_from_the_forced_step(docker_provider, monkeypatch):
+    from apps import dockerish
+
+    with dockerish.app.run():
+        dockerish.inspect_container.remote()  # everything cached from here on
+    ran = []
+    real = _docker.DockerProvider._step
+    monkeypatch.setattr(_docker.DockerProvider, "_step", lambda self, prev, step, *a: ran.append(step.kind) or real(self, prev, step, *a))
+    provider = _docker.DockerProvider()
+    try:
+        provider.prepare(dockerish.image)
+        assert ran == []
+        forced = runner.Image.debian_slim().env({"STEP_ENV": "from-image"}).run_commands(
+            "echo layered > /layered.txt", force_build=True)
+        assert forced.object_id == dockerish.image.object_id  # forcing does not change what it is
+        provider.prepare(forced)
+        assert ran == ["run"]
+        ran.clear()
+        monkeypatch.setenv("RUNNER_FORCE_BUILD", "1")
+        provider.prepare(dockerish.image)
+        assert ran == ["env", "run"]
+    finally:
+        provider.close()
+
+
+def test_built_images_carry_no_owner_label(docker_provider):
+    from apps import dockerish
+
+    provider = _docker.DockerProvider()
+    try:
+        labels = provider.client.images.get(provider.prepare(dockerish.image.env({"RELABEL": uuid.uuid4().hex}))).attrs["Config"]["Labels"]
+    finally:
+        provider.close()
+    assert not labels.get("org.runner.owner") and labels["org.runner.build"].startswith("runner-image:")

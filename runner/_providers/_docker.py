@@ -13,8 +13,10 @@ client's socket closes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shlex
 import shutil
 import socket
 import tarfile
@@ -23,7 +25,7 @@ import threading
 from typing import Any
 
 from .._agent import ADDR_ENV, TOKEN_ENV
-from .._image import Image, Step
+from .._image import Image, Mount, Step, digest_files, local_files
 from .._output import output
 from ..exception import ImageBuildError, ProviderError
 from . import ContainerRequest, Provider
@@ -32,8 +34,8 @@ IMAGE_REPO = "runner-image"
 LABEL = "org.runner"
 APP_MOUNT = "/root/app"
 CLIENT_MOUNT = "/opt/runner-client"
-BUILD_CA_DIR = "/run/runner-build"
-BUILD_CA = f"{BUILD_CA_DIR}/ca.pem"
+BUILD_DIR = "/run/runner-build"
+BUILD_CA = f"{BUILD_DIR}/ca.pem"
 SEED_HINT = "scripts/seed_base_image.sh builds python:3.11-slim-bookworm from Debian's packages"
 
 
@@ -66,6 +68,8 @@ class DockerProvider(Provider):
     def __init__(self):
         import docker
 
+        from .._registry import Registry
+
         try:
             self.client = docker.from_env(timeout=120)
             self.client.ping()
@@ -76,6 +80,7 @@ class DockerProvider(Provider):
             ) from None
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._build_dir: str | None = None
+        self.registry = Registry.from_env(self.client)  # RUNNER_REGISTRY: images pushed there, found there
         self._sweep()
 
     # ---- leaks -----------------------------------------------------------------------------
@@ -98,6 +103,18 @@ class DockerProvider(Provider):
     def prepare(self, image: Image) -> str:
         import docker.errors
 
+        chain = image.chain()
+        final = f"{IMAGE_REPO}:{chain[-1][1][:40]}" if chain else ""
+        shared = self.registry.reference(final) if self.registry and chain else None
+        # force_build on a step rebuilds from it on; RUNNER_FORCE_BUILD=1 rebuilds everything.
+        forced = 0 if os.environ.get("RUNNER_FORCE_BUILD") == "1" and chain else next(
+            (i for i, (step, _) in enumerate(chain) if step.force), None)
+        if chain and forced is None:
+            if self._exists(shared or final):  # unchanged and here: no build, no registry call
+                return shared or final
+            if shared and self.registry.has(shared):  # built before on another machine
+                self.registry.fetch(shared, final)
+                return shared
         base = image.base
         try:
             self.client.images.get(base)
@@ -110,20 +127,24 @@ class DockerProvider(Provider):
                     f"base image {base} is not on this machine and cannot be pulled ({_short(exc)}); "
                     f"without registry access, seed it locally ({SEED_HINT})"
                 ) from None
-        chain = image.chain()
         if not chain:
             return base
         start, ref = 0, base
         for i in range(len(chain) - 1, -1, -1):
             tag = f"{IMAGE_REPO}:{chain[i][1][:40]}"
-            if self._exists(tag):
+            if (forced is None or i < forced) and self._exists(tag):
                 start, ref = i + 1, tag
                 break
         if start < len(chain):
             output().line(f"Building image {image.object_id} ({len(chain) - start} of {len(chain)} steps to run)")
+            for i in range(start):
+                output().line(f"  [{i + 1}/{len(chain)}] {chain[i][0].describe()} (cached)")
         for i in range(start, len(chain)):
             step, digest = chain[i]
             ref = self._step(ref, step, f"{IMAGE_REPO}:{digest[:40]}", i + 1, len(chain))
+        if shared:
+            self.registry.push(ref, shared)
+            return shared
         return ref
 
     def _exists(self, ref: str) -> bool:
@@ -136,94 +157,145 @@ class DockerProvider(Provider):
             return False
 
     def _step(self, prev: str, step: Step, tag: str, number: int, total: int) -> str:
+        """Run one step in a container from `prev` and commit the result as `tag`."""
         config = self.client.images.get(prev).attrs["Config"] or {}
-        env = list(config.get("Env") or [])
-        workdir = config.get("WorkingDir") or ""
+        conf = {k: config.get(k) for k in _CARRIED}
+        conf["Env"] = list(conf["Env"] or [])
+        conf["Cmd"] = conf["Cmd"] or ["python3"]
+        conf["Entrypoint"] = conf["Entrypoint"] or []  # [] (not None) keeps the build's own out
+        # The daemon merges the build container's labels into the commit; blank its owner, so
+        # a container someone starts from this image is never taken for a leaked one of ours.
+        conf["Labels"] = {**(conf["Labels"] or {}), f"{LABEL}.build": tag, f"{LABEL}.owner": ""}
         script = None
         if step.kind == "run":
             script = step.args[0]
         elif step.kind == "env":
             keys = {k for k, _ in step.args}
-            env = [e for e in env if e.split("=", 1)[0] not in keys] + [f"{k}={v}" for k, v in step.args]
+            conf["Env"] = [e for e in conf["Env"] if e.split("=", 1)[0] not in keys] + [f"{k}={v}" for k, v in step.args]
         elif step.kind == "workdir":
-            workdir = step.args[0]
-            script = f"mkdir -p {workdir}"
-        ca_dir = self._ca_dir() if script else None
-        # A directory, not the file itself: the mount point a file mount leaves behind in the
-        # committed layer would block the next step's mount. The directory stays empty.
-        volumes = {ca_dir: {"bind": BUILD_CA_DIR, "mode": "ro"}} if ca_dir else {}
-        if script:
-            exports = (
-                f"export PIP_CERT={BUILD_CA} SSL_CERT_FILE={BUILD_CA} REQUESTS_CA_BUNDLE={BUILD_CA} "
-                f"CURL_CA_BUNDLE={BUILD_CA} UV_NATIVE_TLS=1\n" if volumes else ""
-            )
-            command = ["/bin/sh", "-c", f"set -e\n{exports}{script}"]
-        else:
-            command = ["/bin/true"]
-        container = self.client.containers.create(
-            prev, entrypoint=[], command=command, volumes=volumes, working_dir=workdir or None,
-            labels={f"{LABEL}.build": tag, f"{LABEL}.owner": self.owner},
-        )
+            conf["WorkingDir"] = step.args[0]
+            script = f"mkdir -p {shlex.quote(step.args[0])}"
+        elif step.kind == "config":
+            conf[step.args[0]] = _config_value(step.args[0], step.args[1])
         title = f"  [{number}/{total}] {step.describe()}"
-        try:
-            if not script:
-                output().line(title)
-            if step.kind == "copy":
-                container.put_archive("/", _tar(step.args[0], step.args[1]))
-            elif script:
-                container.start()
-                lines: list[str] = []
-                with output().build_step(title) as show:
-                    for chunk in container.logs(stream=True, follow=True):
-                        for line in chunk.decode(errors="replace").splitlines():
-                            lines.append(line)
-                            show(line)
-                code = container.wait().get("StatusCode", 1)
-                if code != 0:
-                    tail = "\n".join(lines[-40:])
-                    raise ImageBuildError(
-                        f"image build failed at step {number}/{total} ({step.describe()}), exit code {code}:\n{tail}"
-                    )
-            container.commit(
-                repository=tag.split(":")[0], tag=tag.split(":")[1],
-                conf={
-                    "Env": env, "WorkingDir": workdir, "Cmd": config.get("Cmd") or ["python3"],
-                    "Entrypoint": config.get("Entrypoint") or [], "Labels": config.get("Labels") or {},
-                    "User": config.get("User") or "",
-                },
+        with self._build_inputs(step) as (volumes, prologue):
+            shell = list(config.get("Shell") or ["/bin/sh", "-c"])
+            command = [*shell, f"set -e\n{prologue}{script}"] if script else ["/bin/true"]
+            container = self.client.containers.create(
+                prev, entrypoint=[], command=command, volumes=volumes if script else {},
+                working_dir=config.get("WorkingDir") or None, user=config.get("User") or "",
+                labels={f"{LABEL}.build": tag, f"{LABEL}.owner": self.owner},
             )
-        finally:
-            container.remove(force=True)
+            try:
+                if not script:
+                    output().line(title)
+                if step.kind == "copy":
+                    container.put_archive("/", _tar(step.args[0], step.args[1], step.ignore))
+                elif script:
+                    container.start()
+                    lines: list[str] = []
+                    with output().build_step(title) as show:
+                        for chunk in container.logs(stream=True, follow=True):
+                            for line in chunk.decode(errors="replace").splitlines():
+                                lines.append(line)
+                                show(line)
+                    code = container.wait().get("StatusCode", 1)
+                    if code != 0:
+                        tail = "\n".join(lines[-40:])
+                        raise ImageBuildError(
+                            f"image build failed at step {number}/{total} ({step.describe()}), exit code {code}:\n{tail}"
+                        )
+                repo, _, version = tag.partition(":")
+                container.commit(repository=repo, tag=version, conf=conf)
+            finally:
+                container.remove(force=True)
         return tag
 
-    def _ca_dir(self) -> str | None:
-        ca = host_ca_bundle()
-        if ca is None:
-            return None
+    @contextlib.contextmanager
+    def _build_inputs(self, step: Step):
+        """Mounts and a shell prologue giving one step its CA bundle, inputs and secrets, all
+        read-only and only for the step's own container: nothing of them lands in the layer."""
+        root = self._build_root()
+        here = tempfile.mkdtemp(prefix="step-", dir=os.path.join(root, "steps"))
+        os.chmod(here, 0o755)
+        try:
+            for source, name in step.inputs:
+                shutil.copyfile(source, os.path.join(here, name))
+            for name, data in step.blobs:
+                with open(os.path.join(here, name), "wb") as f:
+                    f.write(data)
+            lines = [f"export RUNNER_INPUTS={BUILD_DIR}/steps/{os.path.basename(here)}"]
+            if os.path.exists(os.path.join(root, "ca.pem")):
+                lines.append(
+                    f"export PIP_CERT={BUILD_CA} SSL_CERT_FILE={BUILD_CA} REQUESTS_CA_BUNDLE={BUILD_CA} "
+                    f"CURL_CA_BUNDLE={BUILD_CA} UV_NATIVE_TLS=1"
+                )
+            if step.secrets:
+                values = {}
+                for secret in step.secrets:
+                    values.update(secret.env())
+                path = os.path.join(here, ".secrets")
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                    f.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
+                lines.append('. "$RUNNER_INPUTS/.secrets"')
+            volumes = {root: {"bind": BUILD_DIR, "mode": "ro"}}
+            if step.blobs:  # run_function: the runner client, to unpickle and call the function
+                volumes.update(self._client_mounts())
+                lines.append(f"export PYTHONPATH={CLIENT_MOUNT}${{PYTHONPATH:+:$PYTHONPATH}}")
+            yield volumes, "\n".join(lines) + "\n"
+        finally:
+            shutil.rmtree(here, ignore_errors=True)
+
+    def _build_root(self) -> str:
+        """A private directory mounted read-only into build steps: the CA bundle and per-step inputs."""
         if self._build_dir is None:
             self._build_dir = tempfile.mkdtemp(prefix="runner-build-")
             os.chmod(self._build_dir, 0o755)
-            shutil.copyfile(ca, os.path.join(self._build_dir, "ca.pem"))
+            os.makedirs(os.path.join(self._build_dir, "steps"), mode=0o755)
+            ca = host_ca_bundle()
+            if ca:
+                shutil.copyfile(ca, os.path.join(self._build_dir, "ca.pem"))
         return self._build_dir
+
+    def _client_mounts(self) -> dict:
+        import cloudpickle
+
+        import runner
+
+        return {
+            _pkg_dir(runner): {"bind": f"{CLIENT_MOUNT}/runner", "mode": "ro"},
+            _pkg_dir(cloudpickle): {"bind": f"{CLIENT_MOUNT}/cloudpickle", "mode": "ro"},
+        }
+
+    def _mount_source(self, mount: Mount) -> str:
+        """The host path to bind for a copy=False mount; a filtered snapshot when it ignores files."""
+        if mount.ignore is None:
+            return mount.source
+        key = digest_files(mount.source, mount.ignore)
+        snapshot = os.path.join(self._build_root(), "mounts", key[:32])
+        if not os.path.isdir(snapshot):
+            staging = tempfile.mkdtemp(dir=self._build_root())
+            for path, rel in local_files(mount.source, mount.ignore):
+                dest = os.path.join(staging, rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copy2(path, dest)
+            os.makedirs(os.path.dirname(snapshot), exist_ok=True)
+            os.rename(staging, snapshot)
+        return snapshot
 
     # ---- containers ------------------------------------------------------------------------
     def start(self, req: ContainerRequest, prepared: str) -> _Handle:
-        import cloudpickle
         import docker.types
-
-        import runner
 
         config = self.client.images.get(prepared).attrs["Config"] or {}
         image_env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
         env = dict(req.env)
         env[ADDR_ENV] = f"unix:/run/runner/{req.socket_name}"
         env[TOKEN_ENV] = req.token
-        env["PYTHONPATH"] = ":".join(p for p in (CLIENT_MOUNT, image_env.get("PYTHONPATH")) if p)
-        volumes = {
-            req.socket_dir: {"bind": "/run/runner", "mode": "rw"},
-            _pkg_dir(runner): {"bind": f"{CLIENT_MOUNT}/runner", "mode": "ro"},
-            _pkg_dir(cloudpickle): {"bind": f"{CLIENT_MOUNT}/cloudpickle", "mode": "ro"},
-        }
+        env["PYTHONPATH"] = ":".join(p for p in (CLIENT_MOUNT, "/root", image_env.get("PYTHONPATH")) if p)
+        volumes = {req.socket_dir: {"bind": "/run/runner", "mode": "rw"}, **self._client_mounts()}
+        for mount in getattr(req.image, "mounts", ()):
+            volumes[self._mount_source(mount)] = {"bind": mount.target, "mode": "ro"}
         if req.app_root:
             volumes[req.app_root] = {"bind": APP_MOUNT, "mode": "ro"}
         kwargs: dict[str, Any] = {}
@@ -325,11 +397,28 @@ class DockerProvider(Provider):
             pass
 
 
-def _tar(src: str, dest: str) -> bytes:
+def _tar(src: str, dest: str, ignore=None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(src, arcname=dest.lstrip("/"))
+        if os.path.isfile(src):
+            tar.add(src, arcname=dest.lstrip("/"))
+        else:
+            for path, rel in local_files(src, ignore):
+                tar.add(str(path), arcname=f"{dest.strip('/')}/{rel}".lstrip("/"))
     return buf.getvalue()
+
+
+_CARRIED = ("Env", "WorkingDir", "Cmd", "Entrypoint", "Labels", "User", "Shell", "ExposedPorts", "StopSignal")
+
+
+def _config_value(field: str, value):
+    if field == "Labels":
+        return dict(value)
+    if field == "ExposedPorts":
+        return {port: {} for port in value}
+    if field in ("Entrypoint", "Cmd", "Shell"):
+        return list(value)
+    return value
 
 
 def _pid_alive(pid: int) -> bool:

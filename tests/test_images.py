@@ -1,0 +1,115 @@
+"""Image steps, each built for real on the Docker daemon and checked inside a container."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import runner
+from runner._providers import _docker
+from runner.exception import InvalidError
+
+
+@pytest.fixture(scope="module")
+def images(request):
+    from conftest import require_docker
+
+    require_docker()
+    from apps import images_app
+
+    return images_app
+
+
+def _run(images, fn):
+    with images.app.run(provider="docker"):
+        return fn.remote()
+
+
+def test_workdir_shell_entrypoint_and_run_function(images):
+    got = _run(images, images.config_probe)
+    assert got == {"cwd": "/srv/app", "shell": "bash", "entry": "1", "fn": "written by run_function"}
+
+
+def test_requirements_pyproject_and_uv_installs(images):
+    got = _run(images, images.packages_probe)
+    assert (got["six"], got["idna"], got["attrs"]) == ("1.16.0", "3.7", "23.2.0")
+    assert got["compiled"], "uv_pip_install compiles bytecode at build time"
+    assert got["inputs_left"] == [], "build inputs (the requirements file) must not stay in the image"
+
+
+def test_build_secrets_reach_the_step_and_nowhere_else(images):
+    got = _run(images, images.secret_probe)
+    assert got == {"proof": "token-was-seen", "env": None}
+    provider = _docker.DockerProvider()
+    try:
+        ref = provider.prepare(images.secret_image)
+        image = provider.client.images.get(ref)
+        secret = images.BUILD_SECRET.encode()
+        assert secret not in json.dumps(image.attrs).encode(), "config, labels or env"
+        history = subprocess.run(["docker", "history", "--no-trunc", ref], capture_output=True, check=True).stdout
+        assert secret not in history
+        layers = b"".join(image.save())
+        assert secret not in layers, "a layer holds the secret"
+    finally:
+        provider.close()
+
+
+def test_dockerfile_instructions_become_steps(images):
+    got = _run(images, images.dockerfile_probe)
+    assert got == {"greeting": "hello from a dockerfile", "env": "yes", "other": "two", "cwd": "/work",
+                   "copied": "from the context", "more": "more"}
+    provider = _docker.DockerProvider()
+    try:
+        labels = provider.client.images.get(provider.prepare(images.docker_image)).attrs["Config"]["Labels"]
+        assert labels.get("team") == "runner"
+    finally:
+        provider.close()
+
+
+def test_local_dirs_copied_mounted_ignored_and_python_source(images):
+    got = _run(images, images.files_probe)
+    assert got["copied"] == ["keep.txt", "sub/nested.txt"]
+    assert got["mounted"] == ["build_cache/junk.bin", "keep.txt", "sub/nested.txt"]
+    assert (got["pkg"], got["twice"]) == ("from mypkg", 42)
+
+
+def test_copy_false_files_do_not_change_the_image_id(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_text("one")
+    before = runner.Image.debian_slim().add_local_file(f, "/data.txt")
+    f.write_text("two")
+    after = runner.Image.debian_slim().add_local_file(f, "/data.txt")
+    copied_before = runner.Image.debian_slim().add_local_file(f, "/data.txt", copy=True)
+    f.write_text("three")
+    copied_after = runner.Image.debian_slim().add_local_file(f, "/data.txt", copy=True)
+    assert before.object_id == after.object_id
+    assert copied_before.object_id != copied_after.object_id
+
+
+def test_no_build_step_after_a_mount(tmp_path):
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(InvalidError, match="copy=False"):
+        runner.Image.debian_slim().add_local_file(tmp_path / "x", "/x").pip_install("six")
+
+
+def test_dockerfile_errors_are_clear(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM a\nFROM b\n")
+    with pytest.raises(InvalidError, match="multi-stage"):
+        runner.Image.from_dockerfile(tmp_path / "Dockerfile")
+    with pytest.raises(InvalidError, match="unknown instruction 'FETCH'"):
+        runner.Image.debian_slim().dockerfile_commands("FETCH http://x")
+    with pytest.raises(runner.exception.NotFoundError, match="nope.txt"):
+        runner.Image.debian_slim().dockerfile_commands("COPY nope.txt /x", context_dir=tmp_path)
+
+
+def test_imports_block_tolerates_missing_modules_on_the_client():
+    image = runner.Image.debian_slim()
+    with image.imports():
+        import module_that_only_exists_in_the_image  # noqa: F401
+
+
+def test_uv_sync_installs_the_locked_versions_of_the_chosen_groups(images):
+    got = _run(images, images.uv_probe)
+    assert got == {"six": "1.16.0", "idna": "3.7", "packaging": "24.1", "iniconfig": None, "uvdemo": None}
