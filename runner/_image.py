@@ -142,11 +142,14 @@ class Image:
     """A container image: `Image.debian_slim().pip_install("numpy").env({...})`."""
 
     def __init__(self, base: str, python_version: str | None, steps: tuple[Step, ...] = (),
-                 mounts: tuple[Mount, ...] = ()):
+                 mounts: tuple[Mount, ...] = (), base_auth: Callable[[], dict] | None = None):
         self.base = base
         self.python_version = python_version  # None: not known until a container reports it
         self.steps = steps
         self.mounts = mounts
+        # Credentials to pull the base: called when the base must be pulled, returns docker's
+        # auth_config ({"username": ..., "password": ...}); never part of the image id.
+        self.base_auth = base_auth
 
     def __repr__(self) -> str:
         return f"Image({self.base}, {len(self.steps)} steps)"
@@ -157,7 +160,7 @@ class Image:
                 f"a build step ({steps[0].describe()[:60]}) cannot follow add_local_*(copy=False), whose files "
                 "arrive only when a container starts: move the add_local_* call last, or pass copy=True"
             )
-        return Image(self.base, self.python_version, self.steps + steps, self.mounts)
+        return Image(self.base, self.python_version, self.steps + steps, self.mounts, self.base_auth)
 
     @property
     def object_id(self) -> str:
@@ -175,6 +178,10 @@ class Image:
             h.update(step.key().encode())
             out.append((step, h.hexdigest()))
         return out
+
+    def for_function(self, gpu: tuple) -> Image:
+        """The image a function with these options runs on (project images add GPU packages)."""
+        return self
 
     def env_vars(self) -> dict[str, str]:
         merged: dict[str, str] = {}
@@ -400,7 +407,8 @@ class Image:
             raise InvalidError(f"add_local_*: remote_path must be absolute, got {remote_path!r}")
         if copy:
             return self._extend(Step("copy", (str(src), remote_path), digest_files(src, ignore), ignore=ignore))
-        return Image(self.base, self.python_version, self.steps, self.mounts + (Mount(str(src), remote_path, ignore),))
+        return Image(self.base, self.python_version, self.steps, self.mounts + (Mount(str(src), remote_path, ignore),),
+                     self.base_auth)
 
     @_client_only
     def add_local_file(self, local_path: str | os.PathLike, remote_path: str, *, copy: bool = False) -> Image:

@@ -172,9 +172,10 @@ class FunctionOptions:
 
             if not isinstance(image, Image):
                 raise InvalidError(f"image must be a runner.Image, got {type(image).__name__}")
+        gpu = parse_gpu(kw.get("gpu"))
         return cls(
-            image=image,
-            gpu=parse_gpu(kw.get("gpu")),
+            image=image.for_function(gpu) if image is not None else None,
+            gpu=gpu,
             cpu=_pair("cpu", kw.get("cpu"), float),
             memory=_pair("memory", kw.get("memory"), int),
             timeout=float(timeout),

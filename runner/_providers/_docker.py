@@ -121,7 +121,7 @@ class DockerProvider(Provider):
         except docker.errors.ImageNotFound:
             try:
                 output().status(f"pulling {base}")
-                self.client.images.pull(base)
+                self.client.images.pull(base, auth_config=image.base_auth() if image.base_auth else None)
             except Exception as exc:  # noqa: BLE001
                 raise ImageBuildError(
                     f"base image {base} is not on this machine and cannot be pulled ({_short(exc)}); "
