@@ -13,7 +13,7 @@ from ._cls import Cls
 from ._context import is_local
 from ._function import Function
 from ._image import Image, local_python
-from ._output import output
+from ._output import output, whole_lines
 from ._resources import FunctionOptions
 from .exception import ExecutionError, InvalidError, VersionError
 
@@ -198,13 +198,14 @@ class App:
         output().status(f"app {self.name or ''} running on the {prov.name} provider ({self._session.id})")
         restore = _sigterm_as_exit()
         try:
-            yield self
+            with whole_lines():
+                try:
+                    yield self
+                finally:
+                    session, self._session = self._session, None
+                    session.close()
         finally:
-            session, self._session = self._session, None
-            try:
-                session.close()
-            finally:
-                restore()
+            restore()
 
     def _require_session(self, fn_name: str):
         session = self._session

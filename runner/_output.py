@@ -80,6 +80,59 @@ class _Output:
             yield _RichProgress(progress, progress.add_task(name, total=None))
 
 
+class LineStream:
+    """A text stream that writes only whole lines, one at a time, under one lock.
+
+    While an app runs, the client's stdout and stderr are wrapped in this: a `print()` is several
+    writes, and container output forwarded between two of them would split the client's line.
+    Each thread's writes collect here until a newline; `flush()` lets a partial line (a prompt,
+    a progress dot) through as it always would."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._local, "pending", "") + text
+        cut = pending.rfind("\n") + 1
+        if cut:
+            with self._lock:
+                self._inner.write(pending[:cut])
+        self._local.pending = pending[cut:]
+        return len(text)
+
+    def flush(self) -> None:
+        pending = getattr(self._local, "pending", "")
+        self._local.pending = ""
+        with self._lock:
+            if pending:
+                self._inner.write(pending)
+            self._inner.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def whole_lines():
+    """Wrap sys.stdout and sys.stderr in LineStream for the duration (idempotent)."""
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, LineStream):
+        sys.stdout = LineStream(sys.stdout)
+    if not isinstance(sys.stderr, LineStream):
+        sys.stderr = LineStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (ValueError, OSError):
+                pass
+        sys.stdout, sys.stderr = saved
+
+
 class _NoProgress:
     def advance(self, n: int = 1) -> None:
         pass

@@ -395,3 +395,37 @@ def test_embedded_mode_says_once_that_image_steps_are_not_applied(tmp_path):
     assert "env from image: yes 1" in proc.stdout
     notices = [line for line in proc.stderr.splitlines() if "does not apply image build steps" in line]
     assert len(notices) == 1 and "f, g" in notices[0]
+
+
+def test_container_output_never_splits_the_clients_own_lines(tmp_path, provider):
+    write(tmp_path, "noisy.py", """
+        import threading
+        import modal
+        app = modal.App()
+
+        @app.function()
+        def chatty(i: int) -> int:
+            for k in range(20):
+                print(f"container {i} line {k}")
+            return i
+
+        @app.local_entrypoint()
+        def main():
+            done = threading.Event()
+            worker = threading.Thread(target=lambda: (list(chatty.map(range(100))), done.set()))
+            worker.start()
+            n = 0
+            while not done.is_set() or n < 300:
+                print("CLIENT-LINE", n, "alpha", "beta", "gamma")
+                n += 1
+            worker.join()
+            print("CLIENT-TOTAL", n)
+    """)
+    proc = run_cli(["run", "noisy.py"], tmp_path, env={"RUNNER_PROVIDER": provider})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    total = int([line for line in lines if line.startswith("CLIENT-TOTAL")][0].split()[1])
+    client = [line for line in lines if "CLIENT-LINE" in line]
+    assert len(client) == total
+    assert all(line == f"CLIENT-LINE {n} alpha beta gamma" for n, line in enumerate(client)), client[:5]
+    assert sum(line.startswith("container ") for line in lines) == 2000
