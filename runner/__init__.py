@@ -7,6 +7,7 @@ because the same package runs inside every container.
 """
 
 from . import exception
+from ._apparatus import Apparatus
 from ._app import App, LocalEntrypoint
 from ._cls import Cls
 from ._context import current_input_id, is_local
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Apparatus",
     "Cls",
     "Error",
     "Function",

@@ -199,15 +199,44 @@ class Image:
         return Image(f"python:{version}-slim-bookworm", version)
 
     @staticmethod
-    def from_registry(tag: str, *, add_python: str | None = None, secret: Any = None, force_build: bool = False,
+    def from_registry(tag: str, secret: Any = None, *, add_python: str | None = None, force_build: bool = False,
                       setup_dockerfile_commands: Sequence[str] = ()) -> Image:
+        """An image from a registry; `secret` (REGISTRY_USERNAME, REGISTRY_PASSWORD) for a private one."""
         if not isinstance(tag, str) or not tag or any(c.isspace() for c in tag):
             raise InvalidError(f"from_registry: {tag!r} is not an image reference such as 'ubuntu:22.04'")
         if add_python is not None:
             raise InvalidError("from_registry(add_python=...) is not supported by this version of runner yet")
+        auth = None
         if secret is not None:
-            raise InvalidError("from_registry(secret=...) is not supported by this version of runner yet")
-        image = Image(tag, _python_of(tag))
+            from ._registry_auth import basic_auth
+
+            auth = basic_auth(tag, secret)
+        image = Image(tag, _python_of(tag), base_auth=auth)
+        return image.dockerfile_commands(*setup_dockerfile_commands) if setup_dockerfile_commands else image
+
+    @staticmethod
+    def from_aws_ecr(tag: str, secret: Any = None, *, add_python: str | None = None, force_build: bool = False,
+                     setup_dockerfile_commands: Sequence[str] = ()) -> Image:
+        """An image from AWS ECR; `secret` holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION
+        (without it, this machine's AWS credentials). Pulling needs boto3: `pip install 'runner[aws]'`."""
+        from ._registry_auth import ecr_auth
+
+        if add_python is not None:
+            raise InvalidError("from_aws_ecr(add_python=...) is not supported by this version of runner yet")
+        image = Image(tag, _python_of(tag), base_auth=ecr_auth(tag, secret))
+        return image.dockerfile_commands(*setup_dockerfile_commands) if setup_dockerfile_commands else image
+
+    @staticmethod
+    def from_gcp_artifact_registry(tag: str, secret: Any = None, *, add_python: str | None = None,
+                                   force_build: bool = False, setup_dockerfile_commands: Sequence[str] = ()) -> Image:
+        """An image from GCP Artifact Registry; `secret` holds SERVICE_ACCOUNT_JSON (without it, this
+        machine's application default credentials). Pulling needs google-auth: `pip install 'runner[gcp]'`."""
+        from ._registry_auth import gcp_auth
+
+        if add_python is not None:
+            raise InvalidError(
+                "from_gcp_artifact_registry(add_python=...) is not supported by this version of runner yet")
+        image = Image(tag, _python_of(tag), base_auth=gcp_auth(tag, secret))
         return image.dockerfile_commands(*setup_dockerfile_commands) if setup_dockerfile_commands else image
 
     @staticmethod
@@ -223,6 +252,15 @@ class Image:
         if base is None:
             raise InvalidError(f"{file}: no FROM line")
         return Image(base, _python_of(base), steps)
+
+    @staticmethod
+    def from_project(path: str | os.PathLike = ".", *, python_version: str | None = None) -> Image:
+        """The image a uv project describes (pyproject.toml and uv.lock): its locked dependencies,
+        extras and groups except `dev` (and `cuda`, added for GPU functions only), and its own
+        packages copied in. See runner/_project.py."""
+        from ._project import from_project
+
+        return from_project(path, python_version=python_version)
 
     # ---- steps -----------------------------------------------------------------------------
     def _pip_flags(self, index_url, extra_index_url, pre, find_links) -> list[str]:

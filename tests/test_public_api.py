@@ -4,7 +4,7 @@ import runner
 import runner.exception
 
 EXPECTED = {
-    "App", "Cls", "Error", "Function", "FunctionCall", "Image", "LocalEntrypoint", "Retries", "Secret",
+    "App", "Apparatus", "Cls", "Error", "Function", "FunctionCall", "Image", "LocalEntrypoint", "Retries", "Secret",
     "__version__", "batched", "concurrent", "current_input_id", "enable_output", "enter", "exception", "exit",
     "is_local", "method", "parameter",
 }

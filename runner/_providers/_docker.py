@@ -123,10 +123,10 @@ class DockerProvider(Provider):
                 output().status(f"pulling {base}")
                 self.client.images.pull(base, auth_config=image.base_auth() if image.base_auth else None)
             except Exception as exc:  # noqa: BLE001
-                raise ImageBuildError(
-                    f"base image {base} is not on this machine and cannot be pulled ({_short(exc)}); "
-                    f"without registry access, seed it locally ({SEED_HINT})"
-                ) from None
+                why = _short(getattr(exc, "explanation", None) or exc)
+                hint = (f"check the credentials given for it ({image.base_auth!r})" if image.base_auth
+                        else f"without registry access, seed it locally ({SEED_HINT})")
+                raise ImageBuildError(f"base image {base} is not on this machine and cannot be pulled ({why}); {hint}") from None
         if not chain:
             return base
         start, ref = 0, base

@@ -1,0 +1,3 @@
+"""A dependency from a local path: its code is shipped, it is not installed from the lock."""
+
+VALUE = "from localdep"
