@@ -483,6 +483,20 @@ class Image:
                 image = image._add_local(pathlib.Path(spec.origin).resolve(), f"/root/{name}.py", copy, None)
         return image
 
+    @_client_only
+    def trust_host_ca(self, bundle: str | os.PathLike | None = None) -> Image:
+        """Keep the host's CA bundle in the image, for code that reaches TLS-inspected networks at
+        run time. Builds trust it anyway (mounted per step); only this puts it in a layer."""
+        from ._providers._docker import host_ca_bundle
+
+        source = bundle or host_ca_bundle()
+        if source is None:
+            raise NotFoundError("trust_host_ca: this host has no CA bundle to trust (set SSL_CERT_FILE or pass bundle=)")
+        target = "/etc/ssl/certs/runner-host-ca.pem"
+        return self.add_local_file(source, target, copy=True).env(
+            {var: target for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE")}
+        )
+
     @contextlib.contextmanager
     def imports(self):
         """Imports inside this block may fail on the client; they only need to work in the container."""

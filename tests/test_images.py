@@ -113,3 +113,14 @@ def test_imports_block_tolerates_missing_modules_on_the_client():
 def test_uv_sync_installs_the_locked_versions_of_the_chosen_groups(images):
     got = _run(images, images.uv_probe)
     assert got == {"six": "1.16.0", "idna": "3.7", "packaging": "24.1", "iniconfig": None, "uvdemo": None}
+
+
+def test_host_ca_is_used_for_builds_but_kept_in_images_only_when_asked(images):
+    # These machines sit behind a TLS-inspecting proxy: builds reached PyPI with the host's CA
+    # (see the packages image), but an image keeps the CA only with trust_host_ca().
+    with images.app.run(provider="docker"):
+        with_ca, without = images.pypi_with_host_ca.remote(), images.pypi_without_host_ca.remote()
+    assert with_ca == "ok"
+    if without == "ok":
+        pytest.skip("this network does not inspect TLS, so an image without the host CA reaches PyPI too")
+    assert without == "certificate"

@@ -114,3 +114,27 @@ def uv_probe() -> dict:
             return None
 
     return {name: version(name) for name in ("six", "idna", "packaging", "iniconfig", "uvdemo")}
+
+
+plain_image = runner.Image.debian_slim()
+ca_image = runner.Image.debian_slim().trust_host_ca()
+
+
+def _reach_pypi() -> str:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-d", "/tmp/dl", "six==1.16.0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    return "ok" if proc.returncode == 0 else ("certificate" if "CERTIFICATE" in proc.stdout + proc.stderr else "failed")
+
+
+@app.function(image=plain_image)
+def pypi_without_host_ca() -> str:
+    return _reach_pypi()
+
+
+@app.function(image=ca_image)
+def pypi_with_host_ca() -> str:
+    return _reach_pypi()
