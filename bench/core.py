@@ -22,14 +22,14 @@ import concurrent.futures
 import datetime
 import os
 import pathlib
-import platform
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
+from _common import machine, note, pct, verdict
+from _common import print_table as print_table_rows
 import runner
 
 app = runner.App("bench-core")
@@ -84,20 +84,6 @@ START, END = "<!-- core:start -->", "<!-- core:end -->"
 class OverBudget(Exception):
     pass
 
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between the closest ranks."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def note(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
 # ---- (a) warm .remote() round trip ----------------------------------------------------------
@@ -241,10 +227,6 @@ def bench_million() -> dict:
 
 
 # ---- reporting ------------------------------------------------------------------------------
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "MISS")
-
-
 def rows(r: dict) -> list[tuple[str, str, str, str]]:
     out = []
     a = r.get("remote")
@@ -284,46 +266,8 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(provider: str, r: dict) -> None:
-    table = rows(r)
-    try:
-        from rich.console import Console
-        from rich.table import Table
+    print_table_rows(f"runner core benchmarks, {provider} provider", rows(r))
 
-        t = Table(title=f"runner core benchmarks, {provider} provider")
-        for col in ("measurement", "measured", "target", "result"):
-            t.add_column(col, overflow="fold")
-        for m, v, tg, res in table:
-            t.add_row(m, v, tg, f"[green]{res}[/]" if res == "PASS" else f"[red]{res}[/]")
-        Console(width=160).print(t)
-    except ImportError:
-        print(f"runner core benchmarks, {provider} provider")
-        for m, v, tg, res in table:
-            print(f"  {res:4}  {m}\n        {v}\n        target {tg}")
-
-
-def machine() -> dict:
-    mem = ""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        dv = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                            text=True, timeout=10).stdout.strip() or "not answering"
-    except (OSError, subprocess.TimeoutExpired):
-        dv = "not installed"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "mem": mem, "docker": dv, "cpu": cpu,
-            "python": platform.python_version(), "kernel": platform.release()}
 
 
 def block(provider: str, r: dict, m: dict, wall: float) -> str:

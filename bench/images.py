@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import signal
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import tempfile
 import time
 import uuid
 
+from _common import machine, note, pct, verdict
+from _common import print_table as print_table_rows
 import runner
 
 CACHED_IMAGE = runner.Image.debian_slim().run_commands("echo bench-images-cached > /bench-marker")
@@ -63,20 +64,6 @@ START, END = "<!-- images:start -->", "<!-- images:end -->"
 
 class OverBudget(Exception):
     pass
-
-
-def note(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 # ---- (i) client-side work before the first container starts ---------------------------------
@@ -283,10 +270,6 @@ def bench_rebuild() -> dict:
 
 
 # ---- reporting ------------------------------------------------------------------------------
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "MISS")
-
-
 def rows(r: dict) -> list[tuple[str, str, str, str]]:
     out = []
     s = r.get("start")
@@ -319,47 +302,8 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(r: dict) -> None:
-    table = rows(r)
-    try:
-        from rich.console import Console
-        from rich.table import Table
+    print_table_rows("runner image benchmarks, docker provider", rows(r))
 
-        t = Table(title="runner image benchmarks, docker provider")
-        for col in ("measurement", "measured", "target", "result"):
-            t.add_column(col, overflow="fold")
-        for m, v, tg, res in table:
-            color = {"PASS": "green", "MISS": "red"}.get(res, "default")
-            t.add_row(m, v, tg, f"[{color}]{res}[/]")
-        Console(width=160).print(t)
-    except ImportError:
-        print("runner image benchmarks, docker provider")
-        for m, v, tg, res in table:
-            print(f"  {res:4}  {m}\n        {v}\n        target {tg}")
-
-
-def machine() -> dict:
-    mem = ""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        dv = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                            text=True, timeout=10).stdout.strip() or "not answering"
-    except (OSError, subprocess.TimeoutExpired):
-        dv = "not installed"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "mem": mem, "docker": dv, "cpu": cpu,
-            "python": platform.python_version(), "kernel": platform.release()}
 
 
 SECTION_HELP = f"""## Images: start-up with a cached image, rebuilds

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sys
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -24,55 +21,10 @@ from runner.exception import (
 from runner.exception import TimeoutError as RunnerTimeoutError
 
 from apps import core
+from helpers import ContainerOutput, printed_lines  # noqa: F401
+from helpers import tag as _tag
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _tag() -> str:
-    """A fresh token for state a test keeps in a container, or for the lines it has one print."""
-    return uuid.uuid4().hex[:16]
-
-
-class ContainerOutput:
-    """Lines containers print: their output reaches the client's sys.stdout on every provider.
-
-    Recorded as it is written, passing it on: polling capfd.readouterr() while runner's threads
-    forward output loses lines (it truncates what it read, and a write in between goes with it)."""
-
-    def __init__(self, stream):
-        self._stream, self._lock, self._text = stream, threading.Lock(), []
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            self._text.append(text)
-        return self._stream.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-    def lines(self, prefix: str) -> list[str]:
-        with self._lock:
-            text = "".join(self._text)
-        return [line for line in text.splitlines() if line.startswith(prefix)]
-
-    def wait_for(self, prefix: str, seconds: float = 15.0) -> list[str]:
-        deadline = time.monotonic() + seconds
-        while not (found := self.lines(prefix)):
-            assert time.monotonic() < deadline, f"no line starting {prefix!r} was printed within {seconds}s"
-            time.sleep(0.02)
-        return found
-
-
-@contextlib.contextmanager
-def printed_lines():
-    """Record what is written to sys.stdout inside the block. Installed in the test itself, not in a
-    fixture: pytest puts its own sys.stdout back when the test's call phase starts."""
-    recorder = ContainerOutput(sys.stdout)
-    sys.stdout = recorder
-    try:
-        yield recorder
-    finally:
-        sys.stdout = recorder._stream
 
 
 # ---- calling -----------------------------------------------------------------------------------

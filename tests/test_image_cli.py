@@ -6,39 +6,17 @@ earlier run has built. Bad input gives one `Error:` line and a non-zero exit, li
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import uuid
 
 from conftest import require_docker
+from helpers import assert_one_line_error, run_cli, write
 
-RUNNER = [sys.executable, "-m", "runner"]
 BASE = "python:3.11-slim-bookworm"
 
 
-def run_cli(args, cwd, env=None, timeout=300):
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(RUNNER + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
 def write_app(tmp_path, source, name="app.py"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return path
+    return write(tmp_path, name, source)
 
-
-def assert_one_line_error(proc, *fragments, code=1):
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[errors[0]], (fragment, lines[errors[0]])
-    return lines[errors[0]:]
 
 
 def docker_client():

@@ -1,0 +1,72 @@
+"""What the bench scripts share: percentiles, progress notes, the machine's description, and the
+table they print. Standard library only at import (containers import the bench modules too)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between the closest ranks."""
+    xs = sorted(values)
+    if len(xs) == 1:
+        return xs[0]
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def note(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def print_table(title: str, table: list[tuple[str, str, str, str]]) -> None:
+    """Rows of (measurement, measured, target, result), with rich when it is there."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        for m, v, tg, res in table:
+            print(f"  {res:4}  {m}\n        {v}\n        target {tg}")
+        return
+    t = Table(title=title)
+    for col in ("measurement", "measured", "target", "result"):
+        t.add_column(col, overflow="fold")
+    for m, v, tg, res in table:
+        color = {"PASS": "green", "MISS": "red"}.get(res, "default")
+        t.add_row(m, v, tg, f"[{color}]{res}[/]")
+    Console(width=160).print(t)
+
+
+def machine() -> dict:
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    try:
+        dv = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                            text=True, timeout=10).stdout.strip() or "not answering"
+    except (OSError, subprocess.TimeoutExpired):
+        dv = "not installed"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "mem": mem, "docker": dv, "cpu": cpu,
+            "python": platform.python_version(), "kernel": platform.release()}

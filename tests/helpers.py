@@ -1,0 +1,85 @@
+"""Helpers the tests share: running the CLI, writing apps, reading what containers print."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+RUNNER = [sys.executable, "-m", "runner"]
+
+
+def run_cli(args, cwd, env=None, timeout=180):
+    full_env = dict(os.environ)
+    full_env.setdefault("RUNNER_PROVIDER", "embedded")
+    full_env.update(env or {})
+    return subprocess.run(RUNNER + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def write(tmp_path, name, source):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def assert_one_line_error(proc, *fragments, code=1):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[errors[0]], (fragment, lines[errors[0]])
+    return lines[errors[0]:]
+
+
+def tag() -> str:
+    """A fresh token that starts every line a test has its containers print."""
+    return uuid.uuid4().hex[:16]
+
+
+class ContainerOutput:
+    """Lines containers print: their output reaches the client's sys.stdout on every provider.
+
+    Recorded as it is written, passing it on: polling capfd.readouterr() while runner's threads
+    forward output loses lines (it truncates what it read, and a write in between goes with it)."""
+
+    def __init__(self, stream):
+        self._stream, self._lock, self._text = stream, threading.Lock(), []
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._text.append(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def lines(self, prefix: str) -> list[str]:
+        with self._lock:
+            text = "".join(self._text)
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    def wait_for(self, prefix: str, seconds: float = 15.0, why: str = "") -> list[str]:
+        deadline = time.monotonic() + seconds
+        while not (found := self.lines(prefix)):
+            assert time.monotonic() < deadline, why or f"no line starting {prefix!r} was printed within {seconds}s"
+            time.sleep(0.02)
+        return found
+
+
+@contextlib.contextmanager
+def printed_lines():
+    """Record what is written to sys.stdout inside the block. Installed in the test itself, not in a
+    fixture: pytest puts its own sys.stdout back when the test's call phase starts."""
+    recorder = ContainerOutput(sys.stdout)
+    sys.stdout = recorder
+    try:
+        yield recorder
+    finally:
+        sys.stdout = recorder._stream
