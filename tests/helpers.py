@@ -83,3 +83,17 @@ def printed_lines():
         yield recorder
     finally:
         sys.stdout = recorder._stream
+
+
+def untag(match) -> None:
+    """Remove every tag on this Docker daemon for which `match(tag)` is true."""
+    import docker
+
+    c = docker.from_env()
+    try:
+        for img in c.images.list():
+            for tag in img.tags:
+                if match(tag):
+                    c.images.remove(tag, force=True)
+    finally:
+        c.close()

@@ -18,6 +18,7 @@ import docker.api.client
 import pytest
 import requests
 
+from helpers import untag as _untag
 import runner
 from runner._providers import _docker
 from runner.exception import InvalidError, ProviderError
@@ -88,17 +89,6 @@ def client():
     c = docker.from_env()
     yield c
     c.close()
-
-
-def _untag(match) -> None:
-    c = docker.from_env()
-    try:
-        for img in c.images.list():
-            for tag in img.tags:
-                if match(tag):
-                    c.images.remove(tag, force=True)
-    finally:
-        c.close()
 
 
 def _forget_locally(image: runner.Image) -> None:

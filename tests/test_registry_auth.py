@@ -26,6 +26,7 @@ import urllib.parse
 import pytest
 import requests
 
+from helpers import untag as _untag
 import runner
 from runner import Image, Secret
 from runner._registry_auth import GCP_SCOPE, registry_host
@@ -408,19 +409,6 @@ def _htpasswd_line(user: str, password: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def _untag(match) -> None:
-    import docker
-
-    c = docker.from_env()
-    try:
-        for img in c.images.list():
-            for tag in img.tags:
-                if match(tag):
-                    c.images.remove(tag, force=True)
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")
