@@ -536,6 +536,29 @@ class Pool:
         return containers
 
 
+def _sweep_session_dirs() -> None:
+    """Remove the socket directories of clients that died without cleaning up (SIGKILL)."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "runner" and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class Session:
     """Everything one running app holds: its provider, listener, pools and spawned calls."""
 
@@ -543,7 +566,8 @@ class Session:
         self.app_name = app_name
         self.provider = provider
         self.id = new_id("ap")
-        self.dir = tempfile.mkdtemp(prefix="runner-")
+        _sweep_session_dirs()
+        self.dir = tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-")
         os.chmod(self.dir, 0o755)
         self.listener = Listener(self.dir)
         self.pools: dict[Any, Pool] = {}

@@ -4,9 +4,11 @@ all end with no container (docker) or worker process (embedded) left running."""
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -110,3 +112,11 @@ def test_sigkill_of_the_client_leaves_nothing_running(provider, tmp_path):
     proc.kill()
     proc.wait(timeout=10)
     _wait_gone(provider, ids, within=60)
+    # Its socket directory could not be removed by a dead client; the next app run removes it.
+    left = pathlib.Path(tempfile.gettempdir()) / f"runner-{proc.pid}-"
+    assert [p for p in left.parent.glob(left.name + "*")], "the killed client's session directory"
+    import runner
+
+    with runner.App("sweeper").run(provider="embedded"):
+        pass
+    assert not [p for p in left.parent.glob(left.name + "*")]

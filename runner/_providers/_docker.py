@@ -249,7 +249,7 @@ class DockerProvider(Provider):
     def _build_root(self) -> str:
         """A private directory mounted read-only into build steps: the CA bundle and per-step inputs."""
         if self._build_dir is None:
-            self._build_dir = tempfile.mkdtemp(prefix="runner-build-")
+            self._build_dir = tempfile.mkdtemp(prefix=f"runner-{os.getpid()}-")  # swept like session dirs if we die
             os.chmod(self._build_dir, 0o755)
             os.makedirs(os.path.join(self._build_dir, "steps"), mode=0o755)
             ca = host_ca_bundle()
