@@ -240,6 +240,19 @@ class Image:
         return image.dockerfile_commands(*setup_dockerfile_commands) if setup_dockerfile_commands else image
 
     @staticmethod
+    def micromamba(python_version: str | None = None, force_build: bool = False) -> Image:
+        raise InvalidError(
+            "Image.micromamba is not supported by this version of runner: it needs the micromamba binary and "
+            "conda channels; use Image.debian_slim().pip_install/uv_pip_install, or from_registry with a conda image"
+        )
+
+    def micromamba_install(self, *packages: Any, **kwargs: Any) -> Image:
+        raise InvalidError(
+            "Image.micromamba_install is not supported by this version of runner: conda channels are not "
+            "reachable from where it was built; install with pip_install or uv_pip_install instead"
+        )
+
+    @staticmethod
     @_client_only
     def from_dockerfile(path: str | os.PathLike, *, context_dir: str | os.PathLike | None = None,
                         force_build: bool = False, build_args: dict[str, str] | None = None) -> Image:

@@ -124,3 +124,12 @@ def test_host_ca_is_used_for_builds_but_kept_in_images_only_when_asked(images):
     if without == "ok":
         pytest.skip("this network does not inspect TLS, so an image without the host CA reaches PyPI too")
     assert without == "certificate"
+
+
+def test_unsupported_bases_say_so_clearly():
+    with pytest.raises(InvalidError, match="micromamba is not supported"):
+        runner.Image.micromamba("3.11")
+    with pytest.raises(InvalidError, match="micromamba_install is not supported"):
+        runner.Image.debian_slim().micromamba_install("numpy")
+    with pytest.raises(InvalidError, match="add_python"):
+        runner.Image.from_registry("ubuntu:22.04", add_python="3.11")
