@@ -70,3 +70,15 @@ def machine() -> dict:
         pass
     return {"nproc": os.cpu_count(), "mem": mem, "docker": dv, "cpu": cpu,
             "python": platform.python_version(), "kernel": platform.release()}
+
+
+def replace_section(doc_path, start: str, end: str, section: str, intro: str = "# Benchmarks\n") -> None:
+    """Put `section` (which begins with `start` and ends with `end`) in the doc, in place of the
+    old one, or at the end; the rest of the doc stays as it is."""
+    doc = doc_path.read_text() if doc_path.exists() else intro
+    if start in doc and end in doc and doc.index(start) < doc.index(end):
+        doc = doc[:doc.index(start)] + section + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
+    doc_path.parent.mkdir(parents=True, exist_ok=True)
+    doc_path.write_text(doc)

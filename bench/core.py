@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from _common import machine, note, pct, verdict
+from _common import machine, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -342,12 +342,7 @@ def write_doc(provider: str, text: str, m: dict) -> None:
     help_text = SECTION_HELP.format(warm=REMOTE_WARMUP, calls=REMOTE_CALLS, cold=COLD_STARTS, n=MAP_INPUTS,
                                     mw=MAP_WARMUP, reps=MAP_REPEATS, preps=PAYLOAD_REPEATS)
     body = "\n\n".join([help_text.rstrip()] + [keep[p] for p in ("docker", "embedded") if p in keep])
-    section = f"{START}\n{body}\n{END}"
-    if START in doc and END in doc:
-        doc = doc[:doc.index(START)] + section + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(doc)
+    replace_section(DOC, START, END, f"{START}\n{body}\n{END}", intro=doc)
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 
-from _common import machine, note, pct, verdict
+from _common import machine, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -353,12 +353,7 @@ def block(r: dict, m: dict, wall: float) -> str:
 
 
 def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        doc = doc[:doc.index(START)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc)
+    replace_section(DOC, START, END, text)
     print(f"wrote {DOC.relative_to(ROOT)}")
 
 
