@@ -21,3 +21,14 @@ def is_local() -> bool:
 def current_input_id() -> str | None:
     """The id of the input being served by the calling code, or None outside a function call."""
     return current_input.get()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (used to spot leftovers of dead clients)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

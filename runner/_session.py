@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._image import local_python
+from ._context import pid_alive
 from ._output import output
 from .exception import (
     ExecutionError,
@@ -545,18 +546,8 @@ def _sweep_session_dirs() -> None:
         return
     for name in names:
         parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "runner" and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if len(parts) == 3 and parts[0] == "runner" and parts[1].isdigit() and not pid_alive(int(parts[1])):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class Session:

@@ -97,3 +97,59 @@ def untag(match) -> None:
                     c.images.remove(tag, force=True)
     finally:
         c.close()
+
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+@contextlib.contextmanager
+def serve_registry(root, extra_config: str = "", ready_status: int = 200):
+    """Debian's registry server on 127.0.0.1:<free port>, storing under `root`; yields its address.
+    Skips when the binary is missing, except in CI (.ci/run installs it), where that fails."""
+    import socket
+
+    import pytest
+    import requests
+
+    if not os.path.exists(REGISTRY_BIN):
+        if os.environ.get("CI"):
+            pytest.fail(f"{REGISTRY_BIN} is missing; .ci/run installs Debian's docker-registry package")
+        pytest.skip(f"{REGISTRY_BIN} is missing (apt-get install docker-registry)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: {address}\n" + extra_config
+    )
+    with open(root / "registry.log", "wb") as log:  # the child holds its own copy
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    http = requests.Session()
+    http.trust_env = False  # loopback only: never through a proxy
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http.get(f"http://{address}/v2/", timeout=2).status_code == ready_status:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log_text = (root / "registry.log").read_text()[-2000:]
+                pytest.fail(f"docker-registry did not come up on {address}:\n{log_text}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        http.close()
+        untag(lambda tag: tag.startswith(address + "/"))  # tags naming a registry that is gone now

@@ -7,23 +7,19 @@ the tests skip without it, and in CI (CI=true) its absence is a failure.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
-import time
 
 import docker
 import docker.api.client
 import pytest
 import requests
 
+from helpers import serve_registry
 from helpers import untag as _untag
 import runner
 from runner._providers import _docker
 from runner.exception import InvalidError, ProviderError
-
-REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
 def _free_port() -> int:
@@ -41,46 +37,11 @@ def _http() -> requests.Session:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """A registry serving plain HTTP on 127.0.0.1:<free port>, for this module's tests."""
-    if not os.path.exists(REGISTRY_BIN):
-        if os.environ.get("CI"):
-            pytest.fail(f"{REGISTRY_BIN} is missing; .ci/run installs Debian's docker-registry package")
-        pytest.skip(f"{REGISTRY_BIN} is missing (apt-get install docker-registry)")
     root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    with open(root / "registry.log", "wb") as log:  # the child holds its own copy
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    http = _http()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get(f"http://{address}/v2/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log_text = (root / "registry.log").read_text()[-2000:]
-                pytest.fail(f"docker-registry did not come up on {address}:\n{log_text}")
-            time.sleep(0.2)
-        yield address
+        with serve_registry(root) as address:
+            yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        http.close()
-        _untag(lambda tag: tag.startswith(address + "/"))  # tags naming a registry that is gone now
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -16,7 +16,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +23,14 @@ import time
 import urllib.parse
 
 import pytest
-import requests
 
+from helpers import serve_registry
 from helpers import untag as _untag
 import runner
 from runner import Image, Secret
 from runner._registry_auth import GCP_SCOPE, registry_host
 from runner.exception import ImageBuildError, InvalidError
 
-REGISTRY_BIN = "/usr/bin/docker-registry"
 ECR_HOST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 ECR_TAG = f"{ECR_HOST}/team/app:1.2"
 GCP_TAG = "europe-west4-docker.pkg.dev/acme-project/images/app:1.2"
@@ -387,12 +385,6 @@ def test_gcp_without_google_auth_says_what_to_install(monkeypatch):
 USER, PASSWORD, WRONG = "puller", "right-password-8e3a", "wrong-password-c51f"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _htpasswd_line(user: str, password: str) -> str:
     """A bcrypt htpasswd entry (the registry accepts no other hash)."""
     try:
@@ -418,64 +410,28 @@ def private_registry(tmp_path_factory):
     from conftest import require_docker
 
     require_docker()
-    if not os.path.exists(REGISTRY_BIN):
-        if os.environ.get("CI"):
-            pytest.fail(f"{REGISTRY_BIN} is missing; .ci/run installs Debian's docker-registry package")
-        pytest.skip(f"{REGISTRY_BIN} is missing (apt-get install docker-registry)")
     import docker
 
     root = tmp_path_factory.mktemp("private-registry")
     (root / "htpasswd").write_text(_htpasswd_line(USER, PASSWORD) + "\n")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: {address}\n"
-        f"auth:\n  htpasswd:\n    realm: runner-test\n    path: {root / 'htpasswd'}\n"
-    )
-    with open(root / "registry.log", "wb") as log:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    auth = f"auth:\n  htpasswd:\n    realm: runner-test\n    path: {root / 'htpasswd'}\n"
     client = docker.from_env()
-    http = requests.Session()
-    http.trust_env = False
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        with serve_registry(root, auth, ready_status=401) as address:  # 401: up, and wants credentials
             try:
-                if http.get(f"http://{address}/v2/", timeout=2).status_code == 401:  # up, and wants credentials
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log_text = (root / "registry.log").read_text()[-2000:]
-                pytest.fail(f"docker-registry did not come up on {address}:\n{log_text}")
-            time.sleep(0.2)
-        try:
-            client.images.get("python:3.11-slim-bookworm")
-        except docker.errors.ImageNotFound:
-            pytest.fail("python:3.11-slim-bookworm is not on this machine (scripts/seed_base_image.sh builds it)")
-        client.login(registry=address, username=USER, password=PASSWORD)
-        ref = f"{address}/base:tag"
-        client.images.get("python:3.11-slim-bookworm").tag(f"{address}/base", "tag")
-        for line in client.api.push(f"{address}/base", tag="tag", stream=True, decode=True,
-                                    auth_config={"username": USER, "password": PASSWORD}):
-            assert "error" not in line, line
-        client.images.remove(ref)
-        yield ref
+                client.images.get("python:3.11-slim-bookworm")
+            except docker.errors.ImageNotFound:
+                pytest.fail("python:3.11-slim-bookworm is not on this machine (scripts/seed_base_image.sh builds it)")
+            client.login(registry=address, username=USER, password=PASSWORD)
+            ref = f"{address}/base:tag"
+            client.images.get("python:3.11-slim-bookworm").tag(f"{address}/base", "tag")
+            for line in client.api.push(f"{address}/base", tag="tag", stream=True, decode=True,
+                                        auth_config={"username": USER, "password": PASSWORD}):
+                assert "error" not in line, line
+            client.images.remove(ref)
+            yield ref
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        http.close()
         client.close()
-        _untag(lambda tag: tag.startswith(address + "/"))
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from .._agent import ADDR_ENV, TOKEN_ENV
+from .._context import pid_alive
 from .._image import Image, Mount, Step, digest_files, local_files
 from .._output import output
 from ..exception import ImageBuildError, ProviderError
@@ -93,7 +94,7 @@ class DockerProvider(Provider):
             return
         for c in leftovers:
             owner_host, _, pid = c.labels.get(f"{LABEL}.owner", "").rpartition(":")
-            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 try:
                     c.remove(force=True)
                 except Exception:  # noqa: BLE001
@@ -419,16 +420,6 @@ def _config_value(field: str, value):
     if field in ("Entrypoint", "Cmd", "Shell"):
         return list(value)
     return value
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _short(exc: BaseException) -> str:
