@@ -22,7 +22,6 @@ image_cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-BUILD_LABEL = "org.runner.build"
 _NONE_TAG = "<none>:<none>"
 _BUSY_STATES = ("running", "paused", "restarting")
 
@@ -216,17 +215,9 @@ def _layers_size(client: Any) -> int | None:
 # ---- helpers ---------------------------------------------------------------------------------
 def _client() -> Any:
     """A Docker client, or runner's one-line error when no daemon answers."""
-    import docker
+    from ._providers._docker import docker_client
 
-    from .exception import ProviderError
-
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-        return client
-    except Exception as exc:  # noqa: BLE001 - any failure: no usable daemon
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ProviderError(f"runner image needs a Docker daemon, and none answers ({text}); start dockerd") from None
+    return docker_client("runner image", "start dockerd")
 
 
 def _repo_name() -> str:
@@ -241,9 +232,11 @@ def _is_runner_tag(tag: str) -> bool:
 
 
 def _is_runner_layer(im: dict) -> bool:
-    """An untagged image runner's builder committed."""
+    """An untagged image runner's builder committed (it labels every layer it commits)."""
+    from ._providers._docker import LABEL
+
     tags = [t for t in im.get("RepoTags") or () if t != _NONE_TAG]
-    return not tags and BUILD_LABEL in (im.get("Labels") or {})
+    return not tags and f"{LABEL}.build" in (im.get("Labels") or {})
 
 
 def _is_runner_image(im: dict) -> bool:

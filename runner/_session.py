@@ -563,7 +563,8 @@ class Session:
         self.listener = Listener(self.dir)
         self.pools: dict[Any, Pool] = {}
         self.calls: dict[str, Any] = {}
-        self.prepared: dict[str, Any] = {}
+        self.prepared: dict[str, Any] = {}  # image digest -> what the provider starts from
+        self._build_locks: dict[str, threading.Lock] = {}
         self.lock = threading.Lock()
         self.closed = False
         self._wake = threading.Event()
@@ -584,24 +585,22 @@ class Session:
                 pool._start(starts)
             return pool
 
-    def prepare(self, image: Any, fn_name: str) -> Any:
+    def prepare(self, image: Any) -> Any:
+        """Build (or find) an image once per session, however many containers start from it."""
         key = image.digest() if image is not None else ""
         with self.lock:
-            if key not in self.prepared:
-                self.prepared[key] = threading.Lock()
-            lock = self.prepared[key]
+            lock = self._build_locks.setdefault(key, threading.Lock())
         with lock:
-            done = self.prepared.get(("done", key))
-            if done is None:
-                done = self.prepared[("done", key)] = self.provider.prepare(image)
-        return done
+            if key not in self.prepared:
+                self.prepared[key] = self.provider.prepare(image)
+            return self.prepared[key]
 
     def launch(self, pool: Pool, number: int) -> tuple[Any, P.Connection]:
         """Start one container for `pool` and bring it to ready (in the caller's thread)."""
         from ._providers import ContainerRequest
 
         target = pool.target
-        prepared = self.prepare(target.image, target.name)
+        prepared = self.prepare(target.image)
         token = secrets.token_hex(12)
         waiter = self.listener.expect(token)
         req = ContainerRequest(

@@ -58,9 +58,8 @@ class Provider(abc.ABC):
                     f"{fn_name} asks for gpu {_gpu_text(gpu)}, but this host has {', '.join(host)}; {CLOUD_HINT}"
                 )
         cpus = os.cpu_count() or 1
-        for req, limit in [cpu] if cpu else []:
-            if req > cpus:
-                raise ProviderError(f"{fn_name} asks for cpu={req:g}, but this host has {cpus} CPUs; lower it or {CLOUD_HINT}")
+        if cpu and cpu[0] > cpus:
+            raise ProviderError(f"{fn_name} asks for cpu={cpu[0]:g}, but this host has {cpus} CPUs; lower it or {CLOUD_HINT}")
         if memory:
             total = _host_memory_mib()
             if total and memory[0] > total:

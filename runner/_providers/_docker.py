@@ -67,18 +67,9 @@ class DockerProvider(Provider):
     default_max_containers = max(4, 2 * (os.cpu_count() or 1))
 
     def __init__(self):
-        import docker
-
         from .._registry import Registry
 
-        try:
-            self.client = docker.from_env(timeout=120)
-            self.client.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure: no usable daemon
-            raise ProviderError(
-                f"the docker provider needs a Docker daemon, and none answers ({_short(exc)}); start dockerd, "
-                "or use --provider embedded"
-            ) from None
+        self.client = docker_client("the docker provider", "start dockerd, or use --provider embedded")
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._build_dir: str | None = None
         self.registry = Registry.from_env(self.client)  # RUNNER_REGISTRY: images pushed there, found there
@@ -396,6 +387,18 @@ class DockerProvider(Provider):
             self.client.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def docker_client(who: str, hint: str):
+    """A client of a Docker daemon that answers, or runner's one-line error saying what to do."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001 - any failure: no usable daemon
+        raise ProviderError(f"{who} needs a Docker daemon, and none answers ({_short(exc)}); {hint}") from None
 
 
 def _tar(src: str, dest: str, ignore=None) -> bytes:
