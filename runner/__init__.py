@@ -6,7 +6,7 @@ lives in `_`-prefixed modules. Importing it pulls in only the standard library a
 because the same package runs inside every container.
 """
 
-from . import exception
+from . import exception, volume
 from ._apparatus import Apparatus
 from ._app import App, LocalEntrypoint
 from ._cls import Cls
@@ -17,6 +17,7 @@ from ._output import enable_output
 from ._partial import batched, concurrent, enter, exit, method, parameter
 from ._resources import Retries
 from ._secret import Secret
+from ._volume import Volume
 from .exception import Error
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "LocalEntrypoint",
     "Retries",
     "Secret",
+    "Volume",
     "__version__",
     "batched",
     "concurrent",
@@ -43,4 +45,5 @@ __all__ = [
     "is_local",
     "method",
     "parameter",
+    "volume",
 ]

@@ -87,6 +87,8 @@ class App:
         d = self._defaults
         opts["image"] = opts.get("image") or d.image or Image.debian_slim()
         opts["secrets"] = list(d.secrets) + list(opts.get("secrets") or ())
+        if d.volumes and isinstance(opts.get("volumes") or {}, dict):
+            opts["volumes"] = {**dict(d.volumes), **(opts.get("volumes") or {})}
         return FunctionOptions.build(**opts)
 
     def function(self, _fn: Callable | None = None, **kwargs: Any):
@@ -166,6 +168,8 @@ class App:
                     f"or run runner under Python {image.python_version})"
                 )
             provider.validate(image, opts.gpu, opts.cpu, opts.memory, name)
+            for _, volume in opts.volumes:
+                volume._host_dir()  # an unknown volume fails now, before anything starts
             if provider.name == "embedded" and image is not None and any(s.kind != "env" for s in image.steps):
                 skipped.append(name)
         if skipped:

@@ -21,6 +21,7 @@ import typer
 from . import __version__
 from ._images_cli import image_cli
 from ._output import enable_output, output
+from ._storage_cli import secret_cli, volume_cli
 from .exception import Error
 
 try:  # typer >= 0.29 carries its own copy of click and raises that copy's exceptions
@@ -91,7 +92,27 @@ def run(
                     pass
 
 
+@cli.command("shell")
+def shell(
+    target: Optional[str] = typer.Argument(None, help="FILE.py[::NAME]: a shell in NAME's container"),
+    module: bool = typer.Option(False, "-m", help="TARGET is a module path such as pkg.app"),
+    image: Optional[str] = typer.Option(None, "--image", help="an image reference to use instead"),
+    cmd: Optional[str] = typer.Option(None, "--cmd", "-c", help="run this command instead of an interactive shell"),
+    volume: Optional[List[str]] = typer.Option(None, "--volume", help="also mount this named volume at /mnt/NAME"),
+    secret: Optional[List[str]] = typer.Option(None, "--secret", help="also set this named secret's variables"),
+) -> None:
+    """Open a shell in a function's container: its image, volumes and secrets."""
+    from ._shell import open_shell, options_for
+
+    what, options, root = options_for(target, module, image, volume or [], secret or [])
+    with enable_output():
+        code = open_shell(what, options, root, cmd)
+    raise typer.Exit(code)
+
+
 cli.add_typer(image_cli, name="image")  # `runner image build | ls | prune`
+cli.add_typer(volume_cli, name="volume")  # `runner volume create | ls | put | get | rm | delete`
+cli.add_typer(secret_cli, name="secret")  # `runner secret create | list | delete`
 
 
 def main(argv: List[str] | None = None) -> None:

@@ -72,7 +72,8 @@ class Cls:
             raise InvalidError(f"with_options() got unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         merged = {f: getattr(self._options, f) for f in ("image", "timeout", "min_containers", "max_containers",
                                                           "buffer_containers", "scaledown_window", "serialized")}
-        merged.update(secrets=list(self._options.secrets), env=dict(self._options.env), retries=self._options.retries)
+        merged.update(secrets=list(self._options.secrets), env=dict(self._options.env), retries=self._options.retries,
+                      volumes=dict(self._options.volumes))
         base = FunctionOptions.build(**{**merged, **options})
         keep = {k: getattr(self._options, k) for k in ("gpu", "cpu", "memory") if k not in options}
         return Cls(self._app_ref, self._user_cls, base.replace(**keep))

@@ -20,6 +20,7 @@ import weakref
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from . import _protocol as P
+from ._aio import _Aio
 from ._output import output
 from ._resources import FunctionOptions
 from ._serialization import decode_error, deserialize, serialize_args, serialize_chunk
@@ -29,19 +30,6 @@ from .exception import InvalidError, NotFoundError, OutputExpiredError, TimeoutE
 MAP_WINDOW = 4096  # map items outstanding at most: what bounds a map's memory
 FEED_CHUNK = 1024  # items read from the input per submit
 MIN_FEED = 256  # refill the window only once this many slots are free
-
-
-class _Aio:
-    """A call with a sync face and an `.aio` async one: `f.remote(x)` and `await f.remote.aio(x)`."""
-
-    __slots__ = ("_sync", "aio")
-
-    def __init__(self, sync: Callable, aio: Callable):
-        self._sync = sync
-        self.aio = aio
-
-    def __call__(self, *args, **kwargs):
-        return self._sync(*args, **kwargs)
 
 
 class _aio_pair:

@@ -116,6 +116,25 @@ def _positive(name: str, value: Any, *, allow_none: bool = True, integer: bool =
     return value
 
 
+def check_volumes(volumes: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    """`{"/data": Volume}` as sorted (path, Volume) pairs, each path checked."""
+    from ._mounts import check_mount_path
+    from ._volume import Volume
+
+    if not isinstance(volumes, dict):
+        raise InvalidError(f"{what} must be a dict of {{mount path: Volume}}")
+    pairs = {}
+    for path, volume in volumes.items():
+        if not isinstance(volume, Volume):
+            raise InvalidError(f"{what}[{path!r}] must be a runner.Volume, got {type(volume).__name__}")
+        pairs[check_mount_path(path, what)] = volume
+    paths = sorted(pairs)
+    for a, b in zip(paths, paths[1:]):
+        if b.startswith(a + "/"):
+            raise InvalidError(f"{what}: {b!r} is inside {a!r}; mount volumes at paths that do not nest")
+    return tuple((p, pairs[p]) for p in paths)
+
+
 @dataclasses.dataclass(frozen=True)
 class FunctionOptions:
     """Everything `@app.function` / `@app.cls` accept, validated."""
@@ -150,12 +169,7 @@ class FunctionOptions:
             if not isinstance(s, Secret):
                 raise InvalidError(f"secrets must be runner.Secret objects, got {type(s).__name__}")
         volumes = kw.get("volumes") or {}
-        if not isinstance(volumes, dict):
-            raise InvalidError("volumes must be a dict of {mount path: Volume}")
-        if volumes:
-            raise InvalidError(
-                f"volumes {sorted(volumes)} cannot be mounted: Volumes are not supported by this version of runner yet"
-            )
+        volumes = check_volumes(volumes, "volumes")
         env = kw.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise InvalidError("env must be a dict of str to str")
@@ -181,6 +195,7 @@ class FunctionOptions:
             timeout=float(timeout),
             retries=to_retries(kw.get("retries")),
             secrets=secrets,
+            volumes=volumes,
             env=tuple(sorted(env.items())),
             min_containers=min_c,
             max_containers=max_c,

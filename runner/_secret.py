@@ -1,17 +1,21 @@
 """Secrets: environment variables given to containers, never printed.
 
-`repr()` shows the names only. Named secrets stored on disk arrive with the storage work; until
-then `Secret.from_name` says plainly that the name is unknown.
+`repr()` shows the names only. Named secrets (`runner secret create`) are stored outside any
+project, one owner-only (0600) file each under `$RUNNER_HOME/secrets/` (a 0700 directory), and
+are read by `Secret.from_name` on the client; containers get the values as environment only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import tempfile
 from typing import Iterable
 
 from ._context import is_local
-from .exception import InvalidError, NotFoundError
+from ._home import check_name, subdir
+from .exception import AlreadyExistsError, InvalidError, NotFoundError
 
 
 class Secret:
@@ -70,5 +74,55 @@ class Secret:
         return Secret(values, source=f"from_dotenv({file.name})")
 
     @staticmethod
-    def from_name(name: str, *, required_keys: Iterable[str] = ()) -> Secret:
-        raise NotFoundError(f"secret {name!r} not found: named secrets are not supported by this version of runner yet")
+    def from_name(name: str, *, required_keys: Iterable[str] = (), environment_name: str | None = None) -> Secret:
+        """A secret stored with `runner secret create NAME KEY=VALUE...`, read when this runs."""
+        check_name(name, "secret")
+        keys = [required_keys] if isinstance(required_keys, str) else list(required_keys)
+        if not is_local():
+            return Secret({}, source=f"from_name({name})")  # inside a container: given as env already
+        path = _store() / f"{name}.json"
+        if not path.is_file():
+            raise NotFoundError(f"secret {name!r} not found; create it with `runner secret create {name} KEY=VALUE ...`")
+        values = json.loads(path.read_text())
+        missing = [k for k in keys if k not in values]
+        if missing:
+            raise NotFoundError(
+                f"secret {name!r} lacks required key(s) {', '.join(missing)} (it has {', '.join(sorted(values)) or 'none'}); "
+                f"add them with `runner secret create {name} KEY=VALUE ... --force`"
+            )
+        return Secret(values, source=f"from_name({name})")
+
+
+# ---- named secrets on this host: one owner-only JSON file each, outside any project ------------
+def _store() -> pathlib.Path:
+    return subdir("secrets")
+
+
+def save(name: str, values: dict[str, str], *, force: bool = False) -> None:
+    """Store a named secret; written to a new owner-only file and renamed in, never half-written."""
+    check_name(name, "secret")
+    Secret(values, source=name)  # the same key and value checks as everywhere
+    path = _store() / f"{name}.json"
+    if path.exists() and not force:
+        raise AlreadyExistsError(f"secret {name!r} exists already; pass --force to replace it")
+    fd, tmp = tempfile.mkstemp(dir=_store(), prefix=".new-")  # mkstemp files are 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(values, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def names() -> dict[str, list[str]]:
+    """Each stored secret's name with its keys (never the values)."""
+    return {p.stem: sorted(json.loads(p.read_text())) for p in sorted(_store().glob("*.json"))}
+
+
+def delete(name: str) -> None:
+    check_name(name, "secret")
+    path = _store() / f"{name}.json"
+    if not path.is_file():
+        raise NotFoundError(f"secret {name!r} not found")
+    path.unlink()

@@ -597,16 +597,18 @@ class Session:
 
     def launch(self, pool: Pool, number: int) -> tuple[Any, P.Connection]:
         """Start one container for `pool` and bring it to ready (in the caller's thread)."""
+        from ._mounts import storage_access
         from ._providers import ContainerRequest
 
         target = pool.target
         prepared = self.prepare(target.image)
+        storage_env, binds = storage_access(dict(target.options.volumes), self.provider.name)
         token = secrets.token_hex(12)
         waiter = self.listener.expect(token)
         req = ContainerRequest(
             name=target.name,
             image=target.image,
-            env=target.env(),
+            env={**target.env(), **storage_env},
             cpu=target.options.cpu,
             memory=target.options.memory,
             gpu=target.options.gpu,
@@ -615,6 +617,7 @@ class Session:
             socket_name=os.path.basename(self.listener.path),
             app_root=target.app_root,
             session=self.id,
+            binds=binds,
         )
         if self.closed:
             raise ExecutionError("the app has stopped")

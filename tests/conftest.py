@@ -2,18 +2,38 @@
 
 `provider` runs a test on each provider: embedded always, docker when a daemon answers. In CI
 (CI=true) a missing Docker daemon is a failure, not a skip: the Docker tests are mandatory there.
+
+The whole run gets a fresh RUNNER_HOME (named volumes, secrets, the store, sandbox channels), so
+tests never see the user's state; its managed store server is stopped and the directory removed
+at the end. The path is short because unix socket paths are limited to about 100 bytes.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import pathlib
+import shutil
+import sys
+import tempfile
 
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+
+def pytest_configure(config):
+    os.environ["RUNNER_HOME"] = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+
+
+def pytest_unconfigure(config):
+    home = os.environ.get("RUNNER_HOME", "")
+    if not os.path.basename(home).startswith("rh-"):
+        return
+    from runner._store import stop_managed_server
+
+    stop_managed_server()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _docker_ok() -> bool:

@@ -14,11 +14,12 @@ import uuid
 RUNNER = [sys.executable, "-m", "runner"]
 
 
-def run_cli(args, cwd, env=None, timeout=180):
+def run_cli(args, cwd, env=None, timeout=180, input=None):
     full_env = dict(os.environ)
     full_env.setdefault("RUNNER_PROVIDER", "embedded")
     full_env.update(env or {})
-    return subprocess.run(RUNNER + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(RUNNER + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def write(tmp_path, name, source):

@@ -38,6 +38,7 @@ class ContainerRequest:
     socket_name: str
     app_root: str | None  # host directory to make importable in the container
     session: str
+    binds: list = dataclasses.field(default_factory=list)  # runner._mounts.Bind: volumes and the store
 
 
 class Provider(abc.ABC):

@@ -290,7 +290,7 @@ class DockerProvider(Provider):
             volumes[self._mount_source(mount)] = {"bind": mount.target, "mode": "ro"}
         if req.app_root:
             volumes[req.app_root] = {"bind": APP_MOUNT, "mode": "ro"}
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"mounts": bind_mounts(req.binds)}
         if req.cpu:
             kwargs["cpu_shares"] = max(2, int(req.cpu[0] * 1024))
             if req.cpu[1]:
@@ -399,6 +399,13 @@ def docker_client(who: str, hint: str):
         return client
     except Exception as exc:  # noqa: BLE001 - any failure: no usable daemon
         raise ProviderError(f"{who} needs a Docker daemon, and none answers ({_short(exc)}); {hint}") from None
+
+
+def bind_mounts(binds: list) -> list:
+    """Docker bind mounts for runner._mounts.Bind entries (volumes, the store)."""
+    import docker.types
+
+    return [docker.types.Mount(b.target, b.host, type="bind", read_only=b.read_only) for b in binds]
 
 
 def _tar(src: str, dest: str, ignore=None) -> bytes:

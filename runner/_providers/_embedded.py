@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import json
 import math
 import os
 import queue
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
 
 from .._agent import ADDR_ENV, TOKEN_ENV
+from .._context import pid_alive
+from .._home import subdir
+from .._mounts import bind_in_namespace, prepare_mount_points, remove_mount_points
 from .._output import output
+from ..exception import ProviderError
 from . import ContainerRequest, Provider
 
 _PR_SET_PDEATHSIG = 1
@@ -42,6 +48,9 @@ class EmbeddedProvider(Provider):
     def __init__(self):
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._created: list[str] = []  # mount points this provider made on the host
+        self._record = subdir("embedded") / f"mount-points-{socket.gethostname()}-{os.getpid()}.json"
+        _sweep_mount_points()
         # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so every worker is
         # forked by this one long-lived thread rather than by the short-lived start threads.
         self._spawns: queue.SimpleQueue = queue.SimpleQueue()
@@ -64,11 +73,15 @@ class EmbeddedProvider(Provider):
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
         cpus = _cpu_set(req.cpu)
         memory = req.memory[1] if req.memory else None
+        binds = req.binds
+        self._mount_points(binds)
 
         def preexec():
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             os.setpgrp()
+            if binds:
+                bind_in_namespace(binds)
             if cpus:
                 os.sched_setaffinity(0, cpus)
             if memory:
@@ -84,7 +97,10 @@ class EmbeddedProvider(Provider):
             stderr=subprocess.PIPE,
             preexec_fn=preexec,
         ), done))
-        proc = done.result()
+        try:
+            proc = done.result()
+        except subprocess.SubprocessError as exc:  # the preexec step failed: the namespace or a bind
+            raise ProviderError(f"the embedded provider could not mount volumes for {req.name}: {exc}") from None
         for src, dst in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             threading.Thread(target=_forward, args=(src, dst), daemon=True).start()
         with self._lock:
@@ -116,11 +132,34 @@ class EmbeddedProvider(Provider):
     def container_path(self, host_path: str) -> str:
         return host_path
 
+    def _mount_points(self, binds: list) -> None:
+        """Make the volumes' mount points before forking; note them (on disk too) to remove later."""
+        if not binds:
+            return
+        with self._lock:
+            created = prepare_mount_points(binds)
+            if created:
+                self._created.extend(created)
+                self._record.write_text(json.dumps(self._created))
+
     def close(self) -> None:
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
             self.stop(proc)
+        if self._created:
+            remove_mount_points(self._created)
+            self._record.unlink(missing_ok=True)
+
+
+def _sweep_mount_points() -> None:
+    """Remove the (empty) mount points that embedded clients on this host made and left when they died."""
+    host = socket.gethostname()
+    for record in subdir("embedded").glob(f"mount-points-{host}-*.json"):
+        pid = record.stem.rpartition("-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_mount_points(json.loads(record.read_text() or "[]"))
+            record.unlink(missing_ok=True)
 
 
 def _cpu_set(cpu) -> set[int] | None:

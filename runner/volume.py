@@ -1,0 +1,5 @@
+"""`runner.volume`: the names Modal's `modal.volume` module offers."""
+
+from ._volume import FileEntry, FileEntryType, Volume
+
+__all__ = ["FileEntry", "FileEntryType", "Volume"]

@@ -1,0 +1,59 @@
+"""`runner shell`: a shell in a function's container, with its image, volumes and secrets."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import runner
+from helpers import assert_one_line_error, run_cli, write
+
+APP = """
+    import modal
+
+    app = modal.App("shell")
+    vol = modal.Volume.from_name("VOLNAME", create_if_missing=True)
+
+    @app.function(volumes={"/data": vol}, secrets=[modal.Secret.from_name("SECRETNAME")],
+                  env={"GREETING": "hi"})
+    def work():
+        return 1
+
+    @app.function()
+    def other():
+        return 2
+"""
+
+
+def make_app(tmp_path):
+    vol_name, secret_name = f"v-{uuid.uuid4().hex[:8]}", f"s-{uuid.uuid4().hex[:8]}"
+    runner._secret.save(secret_name, {"TOKEN": "tok-value"})
+    runner.Volume.from_name(vol_name, create_if_missing=True).put_file(io.BytesIO(b"in the volume"), "f.txt")
+    write(tmp_path, "app.py", APP.replace("VOLNAME", vol_name).replace("SECRETNAME", secret_name))
+    return vol_name
+
+
+def test_shell_has_the_functions_env_secrets_and_volumes(tmp_path, provider):
+    vol_name = make_app(tmp_path)
+    script = 'echo "$GREETING $TOKEN"; cat /data/f.txt; echo; echo written > /data/from-shell.txt'
+    proc = run_cli(["shell", "app.py::work", "--cmd", script], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "hi tok-value" in proc.stdout and "in the volume" in proc.stdout
+    assert b"".join(runner.Volume.from_name(vol_name).read_file("from-shell.txt")) == b"written\n"
+
+
+def test_shell_reads_commands_from_stdin_and_returns_their_exit_code(tmp_path, provider):
+    make_app(tmp_path)
+    proc = run_cli(["shell", "app.py::work"], tmp_path, input="echo from-stdin\nexit 7\n")
+    assert proc.returncode == 7, proc.stderr
+    assert "from-stdin" in proc.stdout
+
+
+def test_shell_bad_inputs(tmp_path):
+    make_app(tmp_path)
+    assert_one_line_error(run_cli(["shell", "app.py::nothing"], tmp_path), "has no function or entrypoint 'nothing'")
+    assert_one_line_error(run_cli(["shell"], tmp_path), "--image")
+    assert_one_line_error(run_cli(["shell", "app.py::other", "--volume", "no-such-vol"], tmp_path),
+                          "volume 'no-such-vol' not found")
+    assert_one_line_error(run_cli(["shell", "app.py::other", "--secret", "no-such-secret"], tmp_path),
+                          "secret 'no-such-secret' not found")
