@@ -11,10 +11,12 @@ from ._apparatus import Apparatus
 from ._app import App, LocalEntrypoint
 from ._cls import Cls
 from ._context import current_input_id, is_local
+from ._dict import Dict
 from ._function import Function, FunctionCall
 from ._image import Image
 from ._output import enable_output
 from ._partial import batched, concurrent, enter, exit, method, parameter
+from ._queue import Queue
 from ._resources import Retries
 from ._secret import Secret
 from ._volume import Volume
@@ -26,11 +28,13 @@ __all__ = [
     "App",
     "Apparatus",
     "Cls",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
     "LocalEntrypoint",
+    "Queue",
     "Retries",
     "Secret",
     "Volume",

@@ -65,6 +65,9 @@ def connect(addr: str, deadline: float = 60.0) -> P.Connection:
 
 def _resolve(spec: dict, blobs: list) -> Any:
     """The user's function or class: imported by module and qualified name, or unpickled."""
+    # Secret values come over the agent's socket, not in the container's config, where
+    # `docker inspect` would show them; set before the user's module is imported.
+    os.environ.update(spec.get("secret_env") or {})
     for entry in reversed(spec.get("sys_path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)

@@ -22,6 +22,7 @@ from . import __version__
 from ._images_cli import image_cli
 from ._output import enable_output, output
 from ._storage_cli import secret_cli, volume_cli
+from ._store_cli import store_app
 from .exception import Error
 
 try:  # typer >= 0.29 carries its own copy of click and raises that copy's exceptions
@@ -113,6 +114,7 @@ def shell(
 cli.add_typer(image_cli, name="image")  # `runner image build | ls | prune`
 cli.add_typer(volume_cli, name="volume")  # `runner volume create | ls | put | get | rm | delete`
 cli.add_typer(secret_cli, name="secret")  # `runner secret create | list | delete`
+cli.add_typer(store_app, name="store")  # `runner store status | stop`
 
 
 def main(argv: List[str] | None = None) -> None:

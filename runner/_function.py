@@ -91,9 +91,14 @@ class Target:
     def env(self) -> dict[str, str]:
         env = dict(self.image.env_vars()) if self.image is not None else {}
         env.update(dict(self.options.env))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def secret_env(self) -> dict[str, str]:
+        """Secret values: sent to the agent when it starts, never put in the container's config."""
+        env: dict[str, str] = {}
         for secret in self.options.secrets:
             env.update(secret.env())
-        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def init_message(self, provider: Any) -> tuple[dict, list[bytes]]:
@@ -109,6 +114,7 @@ class Target:
             "sys_path": [provider.container_path(self.app_root)] if self.app_root else [],
             "timeout": self.options.timeout,
             "max_inputs": self.concurrency,
+            "secret_env": self.secret_env(),
         }
         blobs = [cloudpickle.dumps(self.obj) if by_value else b"", cloudpickle.dumps(self.params)]
         return spec, blobs

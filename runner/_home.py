@@ -28,10 +28,12 @@ def home() -> pathlib.Path:
 
 def subdir(*parts: str) -> pathlib.Path:
     """A directory under the state root, created owner-only if missing."""
-    path = home().joinpath(*parts)
-    if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+    path = home()
+    for part in parts:
+        path = path / part
+        if not path.is_dir():
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
     return path
 
 

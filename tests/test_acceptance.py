@@ -1,4 +1,4 @@
-"""The shared acceptance apps tagged `core` pass under `runner run`, on each provider.
+"""The shared acceptance apps (core, images, storage, sandbox) pass, on the providers they name.
 
 They live beside this repository in ../shared/acceptance (as in CI); elsewhere they are skipped.
 """
@@ -13,27 +13,35 @@ import sys
 import pytest
 
 CHECK = pathlib.Path(__file__).resolve().parents[2] / "shared" / "acceptance" / "check.py"
+needs_check = pytest.mark.skipif(not CHECK.exists(), reason="../shared/acceptance is not beside this checkout")
 
 
-@pytest.mark.skipif(not CHECK.exists(), reason="../shared/acceptance is not beside this checkout")
+def check(tag: str, provider: str, passed: int) -> None:
+    bindir = pathlib.Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(
+        [sys.executable, str(CHECK), "--tag", tag, "--provider", provider, "--timeout", "600"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{passed} passed, 0 failed" in proc.stdout, proc.stdout
+
+
+@needs_check
 def test_core_acceptance(provider):
-    bindir = pathlib.Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(
-        [sys.executable, str(CHECK), "--tag", "core", "--provider", provider, "--timeout", "180"],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "7 passed, 0 failed" in proc.stdout, proc.stdout
+    check("core", provider, 7)
 
 
-@pytest.mark.skipif(not CHECK.exists(), reason="../shared/acceptance is not beside this checkout")
+@needs_check
 def test_images_acceptance(docker_provider):
-    bindir = pathlib.Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(
-        [sys.executable, str(CHECK), "--tag", "images", "--provider", "docker", "--timeout", "600"],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed, 0 failed" in proc.stdout, proc.stdout
+    check("images", "docker", 1)
+
+
+@needs_check
+def test_storage_acceptance(provider):
+    check("storage", provider, 1)
+
+
+@needs_check
+def test_sandbox_acceptance(docker_provider):
+    check("sandbox", "docker", 1)

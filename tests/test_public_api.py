@@ -6,7 +6,7 @@ import runner.exception
 EXPECTED = {
     "App", "Apparatus", "Cls", "Error", "Function", "FunctionCall", "Image", "LocalEntrypoint", "Retries", "Secret",
     "__version__", "batched", "concurrent", "current_input_id", "enable_output", "enter", "exception", "exit",
-    "is_local", "method", "parameter", "Volume", "volume",
+    "is_local", "method", "parameter", "Volume", "volume", "Dict", "Queue",
 }
 
 

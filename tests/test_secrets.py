@@ -88,3 +88,26 @@ def test_a_missing_required_key_fails_before_anything_runs(tmp_path):
     assert VALUE not in proc.stderr + proc.stdout
     write(tmp_path, "app.py", APP.replace("NAME", "no-such-secret"))
     assert_one_line_error(run_cli(["run", "app.py"], tmp_path), "secret 'no-such-secret' not found")
+
+
+def test_values_stay_out_of_the_container_config(docker_provider):
+    import docker
+
+    app = runner.App("secret-config")
+
+    @app.function(secrets=[runner.Secret.from_dict({"TOKEN": VALUE})], serialized=True)
+    def peek() -> bool:
+        import os
+
+        return os.environ["TOKEN"] == VALUE
+
+    with app.run():
+        assert peek.remote()
+        client = docker.from_env()
+        try:
+            mine = [c for c in client.containers.list() if "peek" in c.labels.get("org.runner.function", "")]
+            assert mine, "no container of peek is running"
+            for container in mine:
+                assert VALUE not in json.dumps(container.attrs)  # what `docker inspect` shows
+        finally:
+            client.close()
