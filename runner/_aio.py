@@ -2,14 +2,18 @@
 
 Objects whose calls block on I/O (volumes, the store, sandboxes) mark their methods with
 `@blocking`; the `.aio` form runs the same method in a worker thread, so there is one
-implementation of each call and the event loop is never blocked.
+implementation of each call and the event loop is never blocked. A method returning an iterator
+uses `@blocking_iter`: its `.aio` form is an async iterator taking each step in a worker thread.
+Only a call whose async form must do more than that (undo work when cancelled, say) writes it
+separately, and names it with `@twin`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 
 class _Aio:
@@ -32,13 +36,43 @@ class blocking:
         self.fn = fn
         functools.update_wrapper(self, fn)
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
     def __get__(self, obj: Any, owner: type | None = None):
         bound = self.fn.__get__(obj, owner)  # works for plain methods and staticmethod/classmethod targets
+        return _Aio(bound, self._aio(obj, bound))
 
+    def _aio(self, obj: Any, bound: Callable) -> Callable:
         async def aio(*args, **kwargs):
             return await asyncio.to_thread(bound, *args, **kwargs)
 
-        return _Aio(bound, aio)
+        return aio
+
+
+class blocking_iter(blocking):
+    """Method decorator for a method returning an iterator: `for x in obj.m(...)`, and
+    `async for x in obj.m.aio(...)` with each step taken in a worker thread."""
+
+    def _aio(self, obj: Any, bound: Callable) -> Callable:
+        return lambda *args, **kwargs: _iterate_in_thread(bound(*args, **kwargs))
+
+
+class twin(blocking):
+    """`@twin("_get_aio")`: `obj.m(...)` runs the method, `obj.m.aio` is the object's method `_get_aio`."""
+
+    def __init__(self, aio: str):
+        self.aio = aio
+
+    def __call__(self, fn: Callable) -> twin:
+        super().__init__(fn)
+        return self
+
+    def __get__(self, obj: Any, owner: type | None = None):
+        return self if obj is None else super().__get__(obj, owner)
+
+    def _aio(self, obj: Any, bound: Callable) -> Callable:
+        return getattr(obj, self.aio)
+
+
+async def _iterate_in_thread(it: Iterator) -> AsyncIterator:
+    done = object()
+    while (item := await asyncio.to_thread(next, it, done)) is not done:
+        yield item

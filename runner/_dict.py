@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ._aio import blocking
-from ._store import Ephemeral, StoreObject, dump_key, dump_value, iterate_in_thread, load, twin
+from ._aio import blocking, blocking_iter
+from ._store import Ephemeral, StoreObject, dump_key, dump_value, load
 from .exception import InvalidError
 
 
@@ -80,30 +80,21 @@ class Dict(StoreObject):
         """Remove every entry."""
         self._do("d_clear")
 
-    @twin("_keys_aio")
+    @blocking_iter
     def keys(self) -> Iterator[Any]:
         """The keys, in no particular order."""
         for key, _ in self._each("d_scan"):
             yield load(key, f"a key of {self!r}")
 
-    @twin("_values_aio")
+    @blocking_iter
     def values(self) -> Iterator[Any]:
         for _, value in self._each("d_scan"):
             yield load(value, f"a value of {self!r}")
 
-    @twin("_items_aio")
+    @blocking_iter
     def items(self) -> Iterator[tuple[Any, Any]]:
         for key, value in self._each("d_scan"):
             yield load(key, f"a key of {self!r}"), load(value, f"a value of {self!r}")
-
-    def _keys_aio(self):
-        return iterate_in_thread(self.keys())
-
-    def _values_aio(self):
-        return iterate_in_thread(self.values())
-
-    def _items_aio(self):
-        return iterate_in_thread(self.items())
 
     def __getitem__(self, key: Any) -> Any:
         blob = self._do("d_get", dump_key(key, "a Dict"))

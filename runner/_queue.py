@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._aio import blocking
-from ._store import _WAIT_STEP, Ephemeral, StoreObject, dump_value, iterate_in_thread, load, twin
+from ._aio import blocking, blocking_iter, twin
+from ._store import WAIT_STEP, Ephemeral, StoreObject, dump_value, load
 from .exception import Error, InvalidError
 
 PARTITION_MAX_ITEMS = 5000
@@ -78,7 +78,7 @@ class Queue(StoreObject):
         blobs = [dump_value(v, "a Queue value") for v in vs]
         delay = 0.01
         while blobs and not self._do("q_push", part, blobs, ttl, PARTITION_MAX_ITEMS):
-            left = _WAIT_STEP if deadline is None else deadline - time.monotonic()
+            left = WAIT_STEP if deadline is None else deadline - time.monotonic()
             if not block or left <= 0:
                 raise queue.Full(f"{self!r}: the partition holds {PARTITION_MAX_ITEMS} values, the most it can; "
                                  "take some out first")
@@ -115,7 +115,7 @@ class Queue(StoreObject):
         if not block:
             return part, self._do("q_pop", part, n, 0)
         while True:
-            left = _WAIT_STEP if deadline is None else min(_WAIT_STEP, deadline - time.monotonic())
+            left = WAIT_STEP if deadline is None else min(WAIT_STEP, deadline - time.monotonic())
             blobs = self._do("q_pop", part, n, max(left, 0))
             if blobs or (stop is not None and stop.is_set()):
                 return part, blobs
@@ -147,14 +147,11 @@ class Queue(StoreObject):
             raise InvalidError("Queue.clear: pass a partition or all=True, not both")
         self._do("q_clear", None if all else _partition(partition))
 
-    @twin("_iterate_aio")
+    @blocking_iter
     def iterate(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> Iterator[Any]:
         """The values in order, without removing them; at the end, wait up to `item_poll_timeout`
         seconds for another before stopping."""
         return self._iterate(_partition(partition), _seconds(item_poll_timeout, "item_poll_timeout") or 0.0)
-
-    def _iterate_aio(self, *, partition: str | None = None, item_poll_timeout: float = 0.0):
-        return iterate_in_thread(self.iterate(partition=partition, item_poll_timeout=item_poll_timeout))
 
     def _iterate(self, part: bytes, poll: float) -> Iterator[Any]:
         position, last = 0, time.monotonic()

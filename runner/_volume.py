@@ -31,7 +31,7 @@ import socket
 import tempfile
 from typing import IO, Any, BinaryIO, Iterator
 
-from ._aio import blocking
+from ._aio import blocking, blocking_iter
 from ._context import is_local, pid_alive
 from ._home import check_name, subdir
 from ._mounts import VOLUMES_ENV
@@ -189,6 +189,7 @@ class Volume:
     def listdir(self, path: str = "/", *, recursive: bool = False) -> list[FileEntry]:
         return list(self.iterdir(path, recursive=recursive))
 
+    @blocking_iter
     def iterdir(self, path: str = "/", *, recursive: bool = True) -> Iterator[FileEntry]:
         root = self._root().resolve()
         start = self._path(path, root)
