@@ -18,6 +18,7 @@ from ._output import enable_output
 from ._partial import batched, concurrent, enter, exit, method, parameter
 from ._queue import Queue
 from ._resources import Retries
+from ._sandbox import Sandbox
 from ._secret import Secret
 from ._volume import Volume
 from .exception import Error
@@ -36,6 +37,7 @@ __all__ = [
     "LocalEntrypoint",
     "Queue",
     "Retries",
+    "Sandbox",
     "Secret",
     "Volume",
     "__version__",

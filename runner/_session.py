@@ -32,7 +32,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import _protocol as P
 from ._image import local_python
@@ -550,6 +550,13 @@ def _sweep_session_dirs() -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - one failing cleanup must not stop the others
+        pass
+
+
 class Session:
     """Everything one running app holds: its provider, listener, pools and spawned calls."""
 
@@ -569,6 +576,7 @@ class Session:
         self.closed = False
         self._wake = threading.Event()
         self._all: set[Any] = set()  # every container handle started, stopped or not
+        self._on_close: list[Callable[[], None]] = []  # e.g. terminating the app's sandboxes
         threading.Thread(target=self._housekeeping, name="runner-housekeeping", daemon=True).start()
 
     def pool(self, target: Any) -> Pool:
@@ -696,6 +704,13 @@ class Session:
             self._wake.wait(max(0.0, nearest - time.monotonic()))
             self._wake.clear()
 
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (in a thread of its own, errors ignored) when the app stops."""
+        with self.lock:
+            if self.closed:
+                raise ExecutionError("the app has stopped")
+            self._on_close.append(fn)
+
     def close(self) -> None:
         """Stop every container (their @exit hooks run), then remove whatever is left."""
         with self.lock:
@@ -716,6 +731,7 @@ class Session:
         with self.lock:
             handles = list(self._all)
         threads = [threading.Thread(target=self._stop_handle, args=(h,)) for h in handles]
+        threads += [threading.Thread(target=_quietly, args=(fn,)) for fn in self._on_close]
         for t in threads:
             t.start()
         for t in threads:

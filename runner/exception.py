@@ -14,7 +14,11 @@
     ├── DeserializationError       an argument or result could not be unpickled
     ├── VersionError               client and container Python versions differ
     ├── ImageBuildError            an image step failed; the message holds the step and its log
-    └── ProviderError              the chosen provider cannot be used (no Docker daemon, no GPU, ...)
+    ├── ProviderError              the chosen provider cannot be used (no Docker daemon, no GPU, ...)
+    ├── ConflictError              the call does not fit the object's state (exec on a finished sandbox)
+    ├── SandboxTerminatedError     the sandbox was terminated (terminate(), idle_timeout, its app ended)
+    ├── SandboxTimeoutError        the sandbox ran past its timeout
+    └── ClientClosed               the Sandbox object was detached
 
 Exceptions raised by user code inside a container are re-raised on the caller as
 their own type, with the remote traceback attached as a note.
@@ -26,6 +30,8 @@ import builtins
 
 __all__ = [
     "AlreadyExistsError",
+    "ClientClosed",
+    "ConflictError",
     "DeserializationError",
     "Error",
     "ExecutionError",
@@ -37,6 +43,8 @@ __all__ = [
     "OutputExpiredError",
     "ProviderError",
     "RemoteError",
+    "SandboxTerminatedError",
+    "SandboxTimeoutError",
     "SerializationError",
     "TimeoutError",
     "VersionError",
@@ -101,3 +109,19 @@ class ImageBuildError(Error):
 
 class ProviderError(Error):
     """The provider cannot run the request (no daemon answering, a GPU the host lacks, ...)."""
+
+
+class ConflictError(Error):
+    """The call does not fit the object's state, e.g. exec on a sandbox that has finished."""
+
+
+class SandboxTerminatedError(Error):
+    """The sandbox was terminated: `terminate()`, its `idle_timeout`, or the end of its app's run."""
+
+
+class SandboxTimeoutError(Error):
+    """The sandbox ran past its `timeout`."""
+
+
+class ClientClosed(Error):
+    """The Sandbox object was detached; `Sandbox.from_id` gives a new one."""

@@ -6,7 +6,7 @@ import runner.exception
 EXPECTED = {
     "App", "Apparatus", "Cls", "Error", "Function", "FunctionCall", "Image", "LocalEntrypoint", "Retries", "Secret",
     "__version__", "batched", "concurrent", "current_input_id", "enable_output", "enter", "exception", "exit",
-    "is_local", "method", "parameter", "Volume", "volume", "Dict", "Queue",
+    "is_local", "method", "parameter", "Volume", "volume", "Dict", "Queue", "Sandbox",
 }
 
 
@@ -26,7 +26,8 @@ def test_exception_names_follow_modal():
                  "InputCancellation", "VersionError"):
         cls = getattr(runner.exception, name)
         assert issubclass(cls, runner.exception.Error)
-    assert set(runner.exception.__all__) == {n for n in dir(runner.exception) if n.endswith("Error") or n == "InputCancellation"}
+    assert set(runner.exception.__all__) == {n for n in dir(runner.exception)
+                                             if n.endswith("Error") or n in ("InputCancellation", "ClientClosed")}
     assert runner.Error is runner.exception.Error
 
 

@@ -388,6 +388,101 @@ class DockerProvider(Provider):
         except Exception:  # noqa: BLE001
             pass
 
+    # ---- sandboxes -------------------------------------------------------------------------
+    # A sandbox container's PID 1 is runner's supervisor (runner._sandbox_agent), run by path with
+    # the image's python3 from the client's runner package, mounted read-only; its control
+    # directory is bind-mounted at /run/runner-sb. It carries no owner label: sandboxes outlive
+    # their creator, as on Modal. Labels find it again from any client (its id, its app) and hold
+    # its deadline, past which any client may remove it.
+    def sandbox_start(self, req: Any, prepared: str) -> dict:
+        import docker.errors
+        import docker.types
+
+        from .._sandbox import CONTAINER_RUN
+
+        api = self.client.api
+        limits: dict[str, Any] = {}
+        if req.cpu:
+            limits["cpu_shares"] = max(2, int(req.cpu[0] * 1024))
+            if req.cpu[1]:
+                limits["nano_cpus"] = int(req.cpu[1] * 1e9)
+        if req.memory:
+            limits["mem_reservation"] = f"{int(req.memory[0])}m"
+            if req.memory[1]:
+                limits["mem_limit"] = limits["memswap_limit"] = f"{int(req.memory[1])}m"
+        if req.gpu:
+            limits["device_requests"] = [docker.types.DeviceRequest(count=req.gpu[0].count, capabilities=[["gpu"]])]
+        host_config = api.create_host_config(
+            binds={req.run_dir: {"bind": CONTAINER_RUN, "mode": "rw"}, **self._client_mounts()},
+            mounts=bind_mounts(req.binds) or None,
+            port_bindings={port: ("127.0.0.1", None) for port in req.ports} or None,
+            network_mode="none" if req.block_network else None,
+            auto_remove=True,
+            **limits,
+        )
+        cid = None
+        try:
+            cid = api.create_container(
+                prepared,
+                entrypoint=["python3", "-I", "-S", f"{CLIENT_MOUNT}/runner/_sandbox_agent.py", CONTAINER_RUN],
+                command=[],
+                environment=req.env,
+                working_dir=req.workdir,
+                labels={f"{LABEL}.sandbox": req.id, f"{LABEL}.app": req.app, f"{LABEL}.deadline": f"{req.deadline:.0f}"},
+                ports=list(req.ports) or None,
+                host_config=host_config,
+            )["Id"]
+            api.start(cid)
+            published = api.inspect_container(cid)["NetworkSettings"]["Ports"] or {} if req.ports else {}
+        except docker.errors.APIError as exc:
+            if cid:
+                self.sandbox_remove({"container": cid})
+            hint = "; the image needs python3, which runs runner's sandbox supervisor" if "python3" in str(exc) else ""
+            raise ProviderError(f"docker could not start sandbox {req.id}: {_short(exc)}{hint}") from None
+        ports = {str(port): int(published[f"{port}/tcp"][0]["HostPort"]) for port in req.ports}
+        return {"container": cid, "ports": ports}
+
+    def sandbox_alive(self, handle: dict) -> bool:
+        import docker.errors
+
+        if not handle.get("container"):
+            return False
+        try:
+            state = self.client.api.inspect_container(handle["container"])["State"]
+        except docker.errors.NotFound:
+            return False
+        return state.get("Status") in ("created", "running")
+
+    def sandbox_running(self, metas: dict) -> dict:
+        """{sandbox id: handle with its deadline} of every sandbox container running on this daemon."""
+        found = self.client.api.containers(all=True, filters={"label": f"{LABEL}.sandbox"})
+        return {c["Labels"][f"{LABEL}.sandbox"]: {"container": c["Id"], "deadline": float(c["Labels"].get(f"{LABEL}.deadline") or 0)}
+                for c in found if c.get("State") in ("created", "running")}
+
+    def sandbox_remove(self, handle: dict) -> None:
+        """Kill and remove the container; returns once it is gone."""
+        import time
+
+        import docker.errors
+
+        if not handle.get("container"):
+            return
+        try:
+            self.client.api.remove_container(handle["container"], force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise ProviderError(f"docker could not remove sandbox container {handle['container'][:12]}: {_short(exc)}") from None
+        deadline = time.monotonic() + 30  # it exited and removes itself (auto_remove): wait for that
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.inspect_container(handle["container"])
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.02)
+
 
 def docker_client(who: str, hint: str):
     """A client of a Docker daemon that answers, or runner's one-line error saying what to do."""

@@ -151,6 +151,78 @@ class EmbeddedProvider(Provider):
             remove_mount_points(self._created)
             self._record.unlink(missing_ok=True)
 
+    # ---- sandboxes -------------------------------------------------------------------------
+    # A sandbox is runner's supervisor (runner._sandbox_agent) as a host process in a session of
+    # its own and without PR_SET_PDEATHSIG: sandboxes outlive their creator, as on Modal, and end
+    # at their timeout by themselves. A thread reaps it while this process lives. Volumes and
+    # block_network (a private network namespace) are set up between fork and exec, which needs root.
+    def sandbox_start(self, req, prepared) -> dict:
+        from .. import _sandbox_agent
+
+        if req.block_network and os.geteuid() != 0:
+            raise ProviderError("block_network=True on the embedded provider needs root (a private network "
+                                "namespace); run as root or use --provider docker")
+        self._mount_points(req.binds)
+        env = dict(os.environ)
+        env.update(req.env)
+        memory = req.memory[1] if req.memory else None
+        host = {"cpus": sorted(_cpu_set(req.cpu) or ()), "memory": int(memory * 1024 * 1024) if memory else None}
+        binds, block = req.binds, req.block_network
+
+        def preexec():
+            if binds:
+                bind_in_namespace(binds)
+            if block and ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _sandbox_agent.__file__, req.run_dir, json.dumps(host)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=preexec if binds or block else None,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ProviderError(f"the embedded provider could not start sandbox {req.id}: {exc}") from None
+        threading.Thread(target=proc.wait, daemon=True).start()
+        return {"pid": proc.pid, "ports": {str(port): port for port in req.ports}}
+
+    @staticmethod
+    def _sandbox_pid(handle: dict) -> int | None:
+        """The supervisor's pid while it runs. A pid alone may have been reused, so its command line
+        must name the sandbox's run directory; a zombie has ended."""
+        pid = handle.get("pid")
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return None
+        return pid if handle["run"].encode() in cmdline and state != "Z" else None
+
+    def sandbox_alive(self, handle: dict) -> bool:
+        return self._sandbox_pid(handle) is not None
+
+    def sandbox_running(self, metas: dict) -> dict:
+        return {sid: meta for sid, meta in metas.items() if self._sandbox_pid(meta)}
+
+    def sandbox_remove(self, handle: dict) -> None:
+        """SIGTERM: the supervisor kills what runs in the sandbox, notes the end and exits; SIGKILL after 5 s."""
+        import time
+
+        pid = self._sandbox_pid(handle)
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if pid is None:
+                return
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while self._sandbox_pid(handle) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            pid = self._sandbox_pid(handle)
+
 
 def _sweep_mount_points() -> None:
     """Remove the (empty) mount points that embedded clients on this host made and left when they died."""
