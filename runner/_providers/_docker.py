@@ -37,6 +37,7 @@ APP_MOUNT = "/root/app"
 CLIENT_MOUNT = "/opt/runner-client"
 BUILD_DIR = "/run/runner-build"
 BUILD_CA = f"{BUILD_DIR}/ca.pem"
+SANDBOX_RUN = "/run/runner-sb"  # where a sandbox container sees its control directory's run/
 SEED_HINT = "scripts/seed_base_image.sh builds python:3.11-slim-bookworm from Debian's packages"
 
 
@@ -277,8 +278,6 @@ class DockerProvider(Provider):
 
     # ---- containers ------------------------------------------------------------------------
     def start(self, req: ContainerRequest, prepared: str) -> _Handle:
-        import docker.types
-
         config = self.client.images.get(prepared).attrs["Config"] or {}
         image_env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
         env = dict(req.env)
@@ -290,18 +289,6 @@ class DockerProvider(Provider):
             volumes[self._mount_source(mount)] = {"bind": mount.target, "mode": "ro"}
         if req.app_root:
             volumes[req.app_root] = {"bind": APP_MOUNT, "mode": "ro"}
-        kwargs: dict[str, Any] = {"mounts": bind_mounts(req.binds)}
-        if req.cpu:
-            kwargs["cpu_shares"] = max(2, int(req.cpu[0] * 1024))
-            if req.cpu[1]:
-                kwargs["nano_cpus"] = int(req.cpu[1] * 1e9)
-        if req.memory:
-            kwargs["mem_reservation"] = f"{int(req.memory[0])}m"
-            if req.memory[1]:
-                kwargs["mem_limit"] = f"{int(req.memory[1])}m"
-                kwargs["memswap_limit"] = f"{int(req.memory[1])}m"
-        if req.gpu:
-            kwargs["device_requests"] = [docker.types.DeviceRequest(count=req.gpu[0].count, capabilities=[["gpu"]])]
         try:
             container = self.client.containers.run(
                 prepared,
@@ -312,7 +299,8 @@ class DockerProvider(Provider):
                 volumes=volumes,
                 working_dir=config.get("WorkingDir") or "/root",
                 labels={f"{LABEL}.owner": self.owner, f"{LABEL}.session": req.session, f"{LABEL}.function": req.name},
-                **kwargs,
+                mounts=bind_mounts(req.binds),
+                **_limits(req),
             )
         except Exception as exc:  # noqa: BLE001
             raise ProviderError(f"docker could not start a container for {req.name}: {_short(exc)}") from None
@@ -396,35 +384,21 @@ class DockerProvider(Provider):
     # its deadline, past which any client may remove it.
     def sandbox_start(self, req: Any, prepared: str) -> dict:
         import docker.errors
-        import docker.types
-
-        from .._sandbox import CONTAINER_RUN
 
         api = self.client.api
-        limits: dict[str, Any] = {}
-        if req.cpu:
-            limits["cpu_shares"] = max(2, int(req.cpu[0] * 1024))
-            if req.cpu[1]:
-                limits["nano_cpus"] = int(req.cpu[1] * 1e9)
-        if req.memory:
-            limits["mem_reservation"] = f"{int(req.memory[0])}m"
-            if req.memory[1]:
-                limits["mem_limit"] = limits["memswap_limit"] = f"{int(req.memory[1])}m"
-        if req.gpu:
-            limits["device_requests"] = [docker.types.DeviceRequest(count=req.gpu[0].count, capabilities=[["gpu"]])]
         host_config = api.create_host_config(
-            binds={req.run_dir: {"bind": CONTAINER_RUN, "mode": "rw"}, **self._client_mounts()},
+            binds={req.run_dir: {"bind": SANDBOX_RUN, "mode": "rw"}, **self._client_mounts()},
             mounts=bind_mounts(req.binds) or None,
             port_bindings={port: ("127.0.0.1", None) for port in req.ports} or None,
             network_mode="none" if req.block_network else None,
             auto_remove=True,
-            **limits,
+            **_limits(req),
         )
         cid = None
         try:
             cid = api.create_container(
                 prepared,
-                entrypoint=["python3", "-I", "-S", f"{CLIENT_MOUNT}/runner/_sandbox_agent.py", CONTAINER_RUN],
+                entrypoint=["python3", "-I", "-S", f"{CLIENT_MOUNT}/runner/_sandbox_agent.py", SANDBOX_RUN],
                 command=[],
                 environment=req.env,
                 working_dir=req.workdir,
@@ -494,6 +468,25 @@ def docker_client(who: str, hint: str):
         return client
     except Exception as exc:  # noqa: BLE001 - any failure: no usable daemon
         raise ProviderError(f"{who} needs a Docker daemon, and none answers ({_short(exc)}); {hint}") from None
+
+
+def _limits(req: Any) -> dict[str, Any]:
+    """Docker's arguments for a request's cpu, memory and gpu (Modal's request/limit pairs), the same
+    for function containers and sandboxes."""
+    import docker.types
+
+    limits: dict[str, Any] = {}
+    if req.cpu:
+        limits["cpu_shares"] = max(2, int(req.cpu[0] * 1024))
+        if req.cpu[1]:
+            limits["nano_cpus"] = int(req.cpu[1] * 1e9)
+    if req.memory:
+        limits["mem_reservation"] = f"{int(req.memory[0])}m"
+        if req.memory[1]:
+            limits["mem_limit"] = limits["memswap_limit"] = f"{int(req.memory[1])}m"
+    if req.gpu:
+        limits["device_requests"] = [docker.types.DeviceRequest(count=req.gpu[0].count, capabilities=[["gpu"]])]
+    return limits
 
 
 def bind_mounts(binds: list) -> list:

@@ -71,8 +71,7 @@ class EmbeddedProvider(Provider):
         env[TOKEN_ENV] = req.token
         path = [_package_root()] + [p for p in sys.path if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
-        cpus = _cpu_set(req.cpu)
-        memory = req.memory[1] if req.memory else None
+        cpus, memory = _host_limits(req)
         binds = req.binds
         self._mount_points(binds)
 
@@ -84,9 +83,8 @@ class EmbeddedProvider(Provider):
                 bind_in_namespace(binds)
             if cpus:
                 os.sched_setaffinity(0, cpus)
-            if memory:
-                limit = int(memory * 1024 * 1024)
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            if memory is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._spawns.put((dict(
@@ -165,8 +163,8 @@ class EmbeddedProvider(Provider):
         self._mount_points(req.binds)
         env = dict(os.environ)
         env.update(req.env)
-        memory = req.memory[1] if req.memory else None
-        host = {"cpus": sorted(_cpu_set(req.cpu) or ()), "memory": int(memory * 1024 * 1024) if memory else None}
+        cpus, memory = _host_limits(req)
+        host = {"cpus": sorted(cpus or ()), "memory": memory}
         binds, block = req.binds, req.block_network
 
         def preexec():
@@ -232,6 +230,13 @@ def _sweep_mount_points() -> None:
         if pid.isdigit() and not pid_alive(int(pid)):
             remove_mount_points(json.loads(record.read_text() or "[]"))
             record.unlink(missing_ok=True)
+
+
+def _host_limits(req) -> tuple[set[int] | None, int | None]:
+    """The cores to pin a process to and the bytes of address space to allow it (for a function
+    container and a sandbox's processes alike), or None for no such limit."""
+    memory = req.memory[1] if req.memory else None
+    return _cpu_set(req.cpu), int(memory * 1024 * 1024) if memory else None
 
 
 def _cpu_set(cpu) -> set[int] | None:
