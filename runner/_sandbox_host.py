@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Any
 
-from ._image import Image
 from ._sandbox_agent import EXIT, LOG
 from .exception import ProviderError
 
@@ -34,22 +33,12 @@ class Backend:
     images it has prepared: finding an image once is what keeps `create` fast."""
 
     def __init__(self, name: str):
-        from ._providers import choose
+        from ._providers import PreparedImages, choose
 
         self.provider = choose(name)
         self.lock = threading.Lock()
-        self.images: dict[str, Any] = {}
-        self.image_locks: dict[str, threading.Lock] = {}
+        self.prepare = PreparedImages(self.provider)
         self.swept: set[str] = set()
-
-    def prepare(self, image: Image) -> Any:
-        key = image.digest()
-        with self.lock:
-            lock = self.image_locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self.images:
-                self.images[key] = self.provider.prepare(image)
-            return self.images[key]
 
     def sweep(self, root: pathlib.Path) -> None:
         """Once per state root per process, in the background: `sweep` below."""

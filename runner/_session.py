@@ -38,6 +38,7 @@ from . import _protocol as P
 from ._image import local_python
 from ._context import pid_alive
 from ._output import output
+from ._providers import PreparedImages
 from .exception import (
     ExecutionError,
     FunctionTimeoutError,
@@ -570,8 +571,7 @@ class Session:
         self.listener = Listener(self.dir)
         self.pools: dict[Any, Pool] = {}
         self.calls: dict[str, Any] = {}
-        self.prepared: dict[str, Any] = {}  # image digest -> what the provider starts from
-        self._build_locks: dict[str, threading.Lock] = {}
+        self.prepare = PreparedImages(provider)  # image -> what the provider starts from, once per app run
         self.lock = threading.Lock()
         self.closed = False
         self._wake = threading.Event()
@@ -592,16 +592,6 @@ class Session:
                         starts = pool._scale()
                 pool._start(starts)
             return pool
-
-    def prepare(self, image: Any) -> Any:
-        """Build (or find) an image once per session, however many containers start from it."""
-        key = image.digest() if image is not None else ""
-        with self.lock:
-            lock = self._build_locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self.prepared:
-                self.prepared[key] = self.provider.prepare(image)
-            return self.prepared[key]
 
     def launch(self, pool: Pool, number: int) -> tuple[Any, P.Connection]:
         """Start one container for `pool` and bring it to ready (in the caller's thread)."""

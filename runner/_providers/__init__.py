@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import threading
 from typing import Any
 
 from ..exception import InvalidError, ProviderError
@@ -39,6 +40,26 @@ class ContainerRequest:
     app_root: str | None  # host directory to make importable in the container
     session: str
     binds: list = dataclasses.field(default_factory=list)  # runner._mounts.Bind: volumes and the store
+
+
+class PreparedImages:
+    """Each image built or found once per holder (a running app, a process's sandboxes), however
+    many containers start from it. One lock per image: different images prepare in parallel."""
+
+    def __init__(self, provider: Provider):
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._done: dict[str, Any] = {}
+
+    def __call__(self, image: Any) -> Any:
+        key = image.digest() if image is not None else ""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._done:
+                self._done[key] = self.provider.prepare(image)
+            return self._done[key]
 
 
 class Provider(abc.ABC):
