@@ -3,6 +3,7 @@ table they print. Standard library only at import (containers import the bench m
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import subprocess
@@ -82,3 +83,17 @@ def replace_section(doc_path, start: str, end: str, section: str, intro: str = "
         doc = doc.rstrip("\n") + "\n\n" + section + "\n"
     doc_path.parent.mkdir(parents=True, exist_ok=True)
     doc_path.write_text(doc)
+
+
+def measured_table(m: dict, wall: float, table: list[tuple[str, str, str, str]]) -> list[str]:
+    """The lines every bench section has: when and where it was measured, then its table."""
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines = [
+        f"Measured {when} on {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, Docker {m['docker']}, Python "
+        f"{m['python']}, Linux {m['kernel']}; the whole run took {wall:.0f} s.",
+        "",
+        "| measurement | measured | target | result |",
+        "|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table]
+    return lines

@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from _common import machine, note, pct, replace_section, verdict
+from _common import machine, measured_table, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -271,19 +271,7 @@ def print_table(provider: str, r: dict) -> None:
 
 
 def block(provider: str, r: dict, m: dict, wall: float) -> str:
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    lines = [
-        f"<!-- core:{provider}:start -->",
-        f"### {provider} provider",
-        "",
-        f"Measured {when} on {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, Docker {m['docker']}, Python "
-        f"{m['python']}, Linux {m['kernel']}; the whole run took {wall:.0f} s.",
-        "",
-        "| measurement | measured | target | result |",
-        "|---|---|---|---|",
-    ]
-    for row in rows(r):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines = [f"<!-- core:{provider}:start -->", f"### {provider} provider", "", *measured_table(m, wall, rows(r))]
     lines.append(f"<!-- core:{provider}:end -->")
     return "\n".join(lines)
 

@@ -24,7 +24,6 @@ module level uses only the standard library and runner.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -36,7 +35,7 @@ import tempfile
 import time
 import uuid
 
-from _common import machine, note, pct, replace_section, verdict
+from _common import machine, measured_table, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -325,19 +324,7 @@ The table below comes from `python bench/images.py` (docker provider).
 
 
 def block(r: dict, m: dict, wall: float) -> str:
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    lines = [
-        START,
-        SECTION_HELP.rstrip(),
-        "",
-        f"Measured {when} on {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, Docker {m['docker']}, Python "
-        f"{m['python']}, Linux {m['kernel']}; the whole run took {wall:.0f} s.",
-        "",
-        "| measurement | measured | target | result |",
-        "|---|---|---|---|",
-    ]
-    for row in rows(r):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines = [START, SECTION_HELP.rstrip(), "", *measured_table(m, wall, rows(r))]
     f, st = r.get("fresh"), r.get("start")
     if f and st and f.get("imports"):
         imports = sum(f["imports"].values())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import os
 import pathlib
 import signal
@@ -31,7 +30,7 @@ import sys
 import time
 import uuid
 
-from _common import machine, note, pct, replace_section, verdict
+from _common import machine, measured_table, note, pct, replace_section, verdict
 
 import runner
 
@@ -207,19 +206,7 @@ CLI's own start (a Go binary, some tens of ms), runner's do not start any proces
 
 
 def block(r: dict, m: dict, wall: float) -> str:
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    lines = [
-        START,
-        SECTION_HELP.rstrip(),
-        "",
-        f"Measured {when} on {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, Docker {m['docker']}, Python "
-        f"{m['python']}, Linux {m['kernel']}; the whole run took {wall:.0f} s.",
-        "",
-        "| measurement | measured | target | result |",
-        "|---|---|---|---|",
-    ]
-    for row in rows(r):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines = [START, SECTION_HELP.rstrip(), "", *measured_table(m, wall, rows(r))]
     lines.append(END)
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import pytest
 
 import runner
 from helpers import RUNNER, assert_one_line_error, run_cli, write
-from runner.exception import FunctionTimeoutError, InvalidError, NotFoundError
+from runner.exception import InvalidError, NotFoundError
 
 
 def fresh(prefix="v") -> str:
