@@ -57,3 +57,34 @@ def test_shell_bad_inputs(tmp_path):
                           "volume 'no-such-vol' not found")
     assert_one_line_error(run_cli(["shell", "app.py::other", "--secret", "no-such-secret"], tmp_path),
                           "secret 'no-such-secret' not found")
+
+
+def test_shell_on_a_terminal(tmp_path, provider):
+    """With a terminal on both ends the shell is interactive (docker: `-t`): it reads what is typed."""
+    import os
+    import pty
+    import select
+    import time
+
+    from helpers import RUNNER
+
+    make_app(tmp_path)
+    env = {**os.environ, "RUNNER_PROVIDER": provider, "PS1": "$ "}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: runner shell, on the terminal
+        os.chdir(tmp_path)
+        os.execvpe(RUNNER[0], [*RUNNER, "shell", "app.py::work"], env)
+    seen, deadline = b"", time.monotonic() + 120
+    os.write(fd, b'echo "typed-$GREETING"; exit 5\n')  # typed ahead: the terminal holds it until read
+    try:
+        while b"typed-" + b"hi" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"typed-hi" in seen, seen[-500:]
+    assert os.waitstatus_to_exitcode(status) == 5
