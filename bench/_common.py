@@ -97,3 +97,23 @@ def measured_table(m: dict, wall: float, table: list[tuple[str, str, str, str]])
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table]
     return lines
+
+
+class OverBudget(Exception):
+    """A measurement (or the whole run) went over its time budget."""
+
+
+def measure_each(steps) -> dict:
+    """Run each (name, function) measurement: {name: result, "errors": {name: why}}. One that fails
+    does not lose the others; one over budget ends the run."""
+    results: dict = {"errors": {}}
+    for name, fn in steps:
+        note(f"measuring {name}")
+        try:
+            results[name] = fn()
+        except OverBudget as exc:
+            results["errors"][name] = str(exc)
+            break
+        except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"
+    return results

@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from _common import machine, measured_table, note, pct, replace_section, verdict
+from _common import OverBudget, machine, measured_table, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -81,8 +81,6 @@ DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- core:start -->", "<!-- core:end -->"
 
 
-class OverBudget(Exception):
-    pass
 
 
 

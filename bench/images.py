@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 
-from _common import machine, measured_table, note, pct, replace_section, verdict
+from _common import OverBudget, machine, measure_each, measured_table, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -61,8 +61,6 @@ DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- images:start -->", "<!-- images:end -->"
 
 
-class OverBudget(Exception):
-    pass
 
 
 # ---- (i) client-side work before the first container starts ---------------------------------
@@ -356,16 +354,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, alarm)
     signal.alarm(TOTAL_BUDGET)
     began = time.monotonic()
-    results: dict = {"errors": {}}
-    for name, fn in (("start", bench_start), ("fresh", bench_fresh), ("rebuild", bench_rebuild)):
-        note(f"measuring {name}")
-        try:
-            results[name] = fn()
-        except OverBudget as exc:
-            results["errors"][name] = str(exc)
-            break
-        except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
-            results["errors"][name] = f"{type(exc).__name__}: {exc}"
+    results = measure_each((("start", bench_start), ("fresh", bench_fresh), ("rebuild", bench_rebuild)))
     signal.alarm(0)
     wall = time.monotonic() - began
     print_table(results)

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 
-from _common import machine, measured_table, note, pct, replace_section, verdict
+from _common import OverBudget, machine, measure_each, measured_table, pct, replace_section, verdict
 
 import runner
 
@@ -53,8 +53,6 @@ START, END = "<!-- sandbox:start -->", "<!-- sandbox:end -->"
 LABEL = f"org.runner.bench={uuid.uuid4().hex[:12]}"  # the CLI baseline's containers, to count and remove
 
 
-class OverBudget(Exception):
-    pass
 
 
 MADE: list = []  # every sandbox this run created, terminated again on the way out whatever happens
@@ -223,17 +221,8 @@ def main() -> int:
     signal.signal(signal.SIGALRM, alarm)
     signal.alarm(TOTAL_BUDGET)
     began = time.monotonic()
-    results: dict = {"errors": {}}
     try:
-        for name, fn in (("create", bench_create), ("exec", bench_exec), ("parallel", bench_parallel)):
-            note(f"measuring {name}")
-            try:
-                results[name] = fn()
-            except OverBudget as exc:
-                results["errors"][name] = str(exc)
-                break
-            except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
-                results["errors"][name] = f"{type(exc).__name__}: {exc}"
+        results = measure_each((("create", bench_create), ("exec", bench_exec), ("parallel", bench_parallel)))
     finally:
         signal.alarm(0)
         cleanup()

@@ -154,3 +154,26 @@ def serve_registry(root, extra_config: str = "", ready_status: int = 200):
             proc.wait()
         http.close()
         untag(lambda tag: tag.startswith(address + "/"))  # tags naming a registry that is gone now
+
+
+@contextlib.contextmanager
+def own_runner_home(prefix: str):
+    """A RUNNER_HOME of the caller's own, with its managed store server stopped and the directory
+    removed afterwards. Short, under /tmp: the store's socket path must fit in about 100 bytes."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    import pytest
+
+    from runner._store import stop_managed_server
+
+    home = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNNER_HOME", str(home))
+        mp.delenv("RUNNER_STORE_URL", raising=False)
+        try:
+            yield home
+        finally:
+            stop_managed_server()
+            shutil.rmtree(home, ignore_errors=True)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import pathlib
 import queue
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -27,24 +25,15 @@ import cloudpickle
 import pytest
 
 import runner as modal
-from helpers import run_cli, write
+from helpers import own_runner_home, run_cli, write
 from runner.exception import InvalidError, NotFoundError
 
 
 @pytest.fixture(scope="module")
 def store_home():
-    """A RUNNER_HOME for this module (short: the socket path must fit in about 100 bytes)."""
-    from runner._store import stop_managed_server
-
-    home = pathlib.Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RUNNER_HOME", str(home))
-        mp.delenv("RUNNER_STORE_URL", raising=False)
-        try:
-            yield home
-        finally:
-            stop_managed_server()
-            shutil.rmtree(home, ignore_errors=True)
+    """A RUNNER_HOME for this module."""
+    with own_runner_home("rd-") as home:
+        yield home
 
 
 @pytest.fixture(params=["redis", "sqlite"])

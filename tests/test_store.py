@@ -11,13 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 import runner as modal
-from helpers import assert_one_line_error, run_cli, write
+from helpers import assert_one_line_error, own_runner_home, run_cli, write
 from runner.exception import InvalidError
 
 
@@ -30,18 +29,10 @@ def require_redis_server() -> None:
 
 
 @pytest.fixture
-def home(monkeypatch):
-    """A RUNNER_HOME of the test's own, short enough for the socket path (about 100 bytes at most)."""
-    from runner._store import stop_managed_server
-
-    path = pathlib.Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
-    monkeypatch.setenv("RUNNER_HOME", str(path))
-    monkeypatch.delenv("RUNNER_STORE_URL", raising=False)
-    try:
+def home():
+    """A RUNNER_HOME of the test's own."""
+    with own_runner_home("rs-") as path:
         yield path
-    finally:
-        stop_managed_server()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def servers_for(home: pathlib.Path) -> list[int]:
