@@ -117,3 +117,29 @@ def measure_each(steps) -> dict:
         except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
     return results
+
+
+def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bool, cleanup=None) -> int:
+    """Measure each step within `budget` seconds (SIGALRM), print the section `block` makes of the
+    results, and put it between `start` and `end` in `doc` when `write`. Exit status 1 if any failed."""
+    import signal
+    import time
+
+    def alarm(*_):
+        raise OverBudget(f"the whole run went over {budget} s")
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(budget)
+    began = time.monotonic()
+    try:
+        results = measure_each(steps)
+    finally:
+        signal.alarm(0)
+        if cleanup is not None:
+            cleanup()
+    text = block(results, machine(), time.monotonic() - began)
+    print(text)
+    if write:
+        replace_section(doc, start, end, text)
+        print(f"wrote {doc}")
+    return 1 if results["errors"] else 0

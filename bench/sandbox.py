@@ -24,13 +24,12 @@ import argparse
 import concurrent.futures
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from _common import OverBudget, machine, measure_each, measured_table, pct, replace_section, verdict
+from _common import OverBudget, measured_table, pct, run_sections, verdict
 
 import runner
 
@@ -215,25 +214,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ["RUNNER_PROVIDER"] = "docker"
 
-    def alarm(*_):
-        raise OverBudget(f"the whole run went over {TOTAL_BUDGET} s")
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(TOTAL_BUDGET)
-    began = time.monotonic()
-    try:
-        results = measure_each((("create", bench_create), ("exec", bench_exec), ("parallel", bench_parallel)))
-    finally:
-        signal.alarm(0)
-        cleanup()
-    wall = time.monotonic() - began
-    text = block(results, machine(), wall)
-    print(text)
-    if not args.no_write:
-        replace_section(DOC, START, END, text)
-        print(f"wrote {DOC.relative_to(ROOT)}")
-    return 1 if results["errors"] else 0
-
+    steps = (("create", bench_create), ("exec", bench_exec), ("parallel", bench_parallel))
+    return run_sections(steps, TOTAL_BUDGET, block, DOC, START, END, not args.no_write, cleanup=cleanup)
 
 if __name__ == "__main__":
     sys.exit(main())

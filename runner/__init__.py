@@ -21,6 +21,7 @@ from ._resources import Retries
 from ._sandbox import Sandbox
 from ._secret import Secret
 from ._volume import Volume
+from ._web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 from .exception import Error
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "Secret",
     "Volume",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "current_input_id",
@@ -48,8 +50,12 @@ __all__ = [
     "enter",
     "exception",
     "exit",
+    "fastapi_endpoint",
     "is_local",
     "method",
     "parameter",
     "volume",
+    "web_endpoint",
+    "web_server",
+    "wsgi_app",
 ]

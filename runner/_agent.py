@@ -9,6 +9,8 @@ when it is not importable), runs `@enter` hooks once, then serves inputs until t
   frame, so a busy container answers in batches;
 - a watchdog ends inputs past `timeout`: async ones are cancelled, a sync one takes its process
   down (threads cannot be stopped), after saying so, so the client retries only what is owed;
+- a web function (`spec["web"]`) is served over HTTP by `runner._web_serve`, started before READY,
+  which carries its port; its requests go straight to that server, not through inputs;
 - when the connection closes (the client died or stopped it) or SIGTERM arrives, `@exit` hooks
   run and the process exits: nothing keeps serving a client that is gone.
 
@@ -547,15 +549,31 @@ def main() -> None:
         raise SystemExit(f"runner agent: expected init, got {header['op']!r}")
     agent = Agent(conn, header["spec"], blobs)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop(0))
+    ready = {"op": P.READY}
     try:
         agent.load()
+        # ---- web functions: serve HTTP before READY, and say on which port ----
+        if header["spec"].get("web"):
+            ready["web_port"] = _start_web(agent, header["spec"]["web"])
     except BaseException as exc:  # noqa: BLE001 - the client shows it
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         conn.send({"op": P.INIT_FAILED, "tb": tb}, [_dump_exc(exc)])
         time.sleep(0.1)
         os._exit(1)
-    conn.send({"op": P.READY})
+    conn.send(ready)
     agent.serve()
+
+
+def _start_web(agent: Agent, web: dict) -> int:
+    """Start serving a web function (runner._web_serve); requests reach it over HTTP, not as inputs."""
+    from . import _web_serve
+
+    serving = _web_serve.start(
+        web["kind"], agent.target, method=web.get("method"), docs=bool(web.get("docs")),
+        port=web.get("port") or 0, startup_timeout=web.get("startup_timeout"), root_path=web.get("root_path") or "",
+        host=web.get("host") or "0.0.0.0",
+    )
+    return serving.port
 
 
 if __name__ == "__main__":

@@ -105,6 +105,12 @@ class App:
             name = kwargs.get("name") or fn.__name__
             self._check_free(name)
             f = Function(self, fn, options, name=name)
+            label = f._web_label()
+            if label is not None:
+                taken = [n for n, other in self._functions.items() if other._web_label() == label]
+                if taken:
+                    raise InvalidError(f"web functions {taken[0]} and {name} both have the label {label!r}; "
+                                       "give one of them another with label=")
             self._functions[name] = f
             return f
 
@@ -120,6 +126,10 @@ class App:
             name = kwargs.get("name") or user_cls.__name__
             self._check_free(name)
             c = Cls(self, user_cls, options)
+            web = [m for m, raw in inspect.getmembers(user_cls, callable) if getattr(raw, "__runner_web__", None)]
+            if web:
+                raise InvalidError(f"{name}.{web[0]}: web endpoints on @app.cls methods are not supported yet; "
+                                   "put it on an @app.function() instead")
             self._classes[name] = c
             return c
 
@@ -199,6 +209,15 @@ class App:
                 prov.close()
                 raise
             self._session = Session(self.name or "ephemeral", prov)
+            web = [(n, f._target(), f._web_label()) for n, f in self._functions.items() if f._web_label()]
+            for _, target, label in web:
+                target.label = label
+            try:
+                self._session.serve_web(web)
+            except BaseException:
+                session, self._session = self._session, None
+                session.close()
+                raise
         output().status(f"app {self.name or ''} running on the {prov.name} provider ({self._session.id})")
         restore = _sigterm_as_exit()
         try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
+import os
 import pathlib
 import queue
 import sys
@@ -24,7 +26,8 @@ from ._aio import _Aio
 from ._output import output
 from ._resources import FunctionOptions
 from ._serialization import decode_error, deserialize, serialize_args, serialize_chunk
-from ._session import LOCAL_ERR, AsyncSink, Input, QueueSink, new_id
+from ._context import is_local
+from ._session import LOCAL_ERR, WEB_URLS_ENV, AsyncSink, Input, QueueSink, new_id
 from .exception import InvalidError, NotFoundError, OutputExpiredError, TimeoutError
 
 MAP_WINDOW = 4096  # map items outstanding at most: what bounds a map's memory
@@ -87,6 +90,8 @@ class Target:
         self.concurrency = max_inputs
         self.key = key
         self.module, self.qualname, self.app_root = locate(obj, options.serialized)
+        self.web = getattr(obj, "__runner_web__", None) if not is_class else None  # runner._web.WebSpec
+        self.label = ""  # the web function's label, set when its app registers it
 
     def env(self) -> dict[str, str]:
         env = dict(self.image.env_vars()) if self.image is not None else {}
@@ -100,6 +105,17 @@ class Target:
         for secret in self.options.secrets:
             env.update(secret.env())
         return env
+
+    def web_listen(self, provider: Any) -> tuple[str, int] | None:
+        """Where the web function's server listens in its container (None: not a web function)."""
+        if self.web is None:
+            return None
+        return provider.web_bind(self.web.port if self.web.kind == "web_server" else 0)
+
+    def web_ports(self, provider: Any) -> tuple[int, ...]:
+        """Container ports the provider must make reachable from this host."""
+        listen = self.web_listen(provider)
+        return (listen[1],) if listen and listen[1] else ()
 
     def init_message(self, provider: Any) -> tuple[dict, list[bytes]]:
         import cloudpickle
@@ -115,7 +131,13 @@ class Target:
             "timeout": self.options.timeout,
             "max_inputs": self.concurrency,
             "secret_env": self.secret_env(),
+            "web": None,
         }
+        listen = self.web_listen(provider)
+        if listen is not None:
+            w = self.web
+            spec["web"] = {"kind": w.kind, "method": w.method, "docs": w.docs, "port": listen[1], "host": listen[0],
+                           "startup_timeout": w.startup_timeout, "root_path": f"/{self.label}"}
         blobs = [cloudpickle.dumps(self.obj) if by_value else b"", cloudpickle.dumps(self.params)]
         return spec, blobs
 
@@ -517,6 +539,27 @@ class Function(_Invocable):
 
     def get_raw_f(self) -> Callable:
         return self._raw
+
+    def _web_label(self) -> str | None:
+        from ._web import default_label
+
+        spec = getattr(self._raw, "__runner_web__", None)
+        return None if spec is None else spec.label or default_label(self._name)
+
+    def get_web_url(self) -> str | None:
+        """The URL of a web function while its app runs (on the client or in a container); else None."""
+        label = self._web_label()
+        if label is None:
+            raise InvalidError(f"{self._name} is not a web function: decorate it with @fastapi_endpoint(), "
+                               "@asgi_app(), @wsgi_app() or @web_server(port)")
+        if not is_local():
+            return json.loads(os.environ.get(WEB_URLS_ENV) or "{}").get(self._name)
+        session = self._app_ref._session if self._app_ref is not None else None
+        return session.web_url(label) if session is not None else None
+
+    @property
+    def web_url(self) -> str | None:
+        return self.get_web_url()
 
 
 _CALLS: weakref.WeakValueDictionary[str, FunctionCall] = weakref.WeakValueDictionary()

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import heapq
 import itertools
+import json
 import math
 import os
 import queue
@@ -55,6 +56,7 @@ MAX_PREFETCH = 1024
 CHUNK_SECONDS = 0.005
 MAX_CHUNK = 512
 TICK = 0.1
+WEB_URLS_ENV = "RUNNER_WEB_URLS"  # {function name: URL} of the run's web functions, in containers
 
 _ids = itertools.count(1)
 _prefix = secrets.token_hex(3)
@@ -321,7 +323,7 @@ class Pool:
     def _launch(self) -> None:
         number = next(self.numbers)
         try:
-            handle, conn = self.session.launch(self, number)
+            handle, conn, _ = self.session.launch(self, number)
         except InitFailed as err:
             self._start_failed(err.exc, fatal=True)
             return
@@ -558,6 +560,37 @@ def _quietly(fn: Callable[[], None]) -> None:
         pass
 
 
+class _WebRouter:
+    """The front door's view of the run: a label's pool hands out container slots."""
+
+    def __init__(self, session: Session):
+        import concurrent.futures
+
+        self.session = session
+        self.waits = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="runner-web-wait")
+
+    def labels(self) -> list[str]:
+        return sorted(self.session.web_pools)
+
+    async def acquire(self, label: str):
+        pool = self.session.web_pools[label]  # KeyError: the front door answers 404
+        got = pool.try_acquire()
+        if got is not None:
+            return got
+        waiting = self.waits.submit(pool.acquire)
+        try:
+            return await asyncio.wrap_future(waiting)
+        except asyncio.CancelledError:  # the client left (or the door stopped) while it waited
+            waiting.add_done_callback(_release_unused)
+            raise
+
+
+def _release_unused(done) -> None:
+    """A slot taken for a request that is gone goes straight back."""
+    if not done.cancelled() and done.exception() is None:
+        done.result()[2]()
+
+
 class Session:
     """Everything one running app holds: its provider, listener, pools and spawned calls."""
 
@@ -577,6 +610,9 @@ class Session:
         self._wake = threading.Event()
         self._all: set[Any] = set()  # every container handle started, stopped or not
         self._on_close: list[Callable[[], None]] = []  # e.g. terminating the app's sandboxes
+        self.web_pools: dict[str, Any] = {}  # label -> WebPool
+        self.web_env: dict[str, str] = {}  # what containers need to answer get_web_url()
+        self.front_door: Any = None
         threading.Thread(target=self._housekeeping, name="runner-housekeeping", daemon=True).start()
 
     def pool(self, target: Any) -> Pool:
@@ -593,8 +629,9 @@ class Session:
                 pool._start(starts)
             return pool
 
-    def launch(self, pool: Pool, number: int) -> tuple[Any, P.Connection]:
-        """Start one container for `pool` and bring it to ready (in the caller's thread)."""
+    def launch(self, pool: Any, number: int) -> tuple[Any, P.Connection, dict]:
+        """Start one container for `pool` and bring it to ready (in the caller's thread); return its
+        handle, its connection and its ready message."""
         from ._mounts import storage_access
         from ._providers import ContainerRequest
 
@@ -606,7 +643,7 @@ class Session:
         req = ContainerRequest(
             name=target.name,
             image=target.image,
-            env={**target.env(), **storage_env},
+            env={**target.env(), **storage_env, **self.web_env},
             cpu=target.options.cpu,
             memory=target.options.memory,
             gpu=target.options.gpu,
@@ -616,6 +653,7 @@ class Session:
             app_root=target.app_root,
             session=self.id,
             binds=binds,
+            ports=target.web_ports(self.provider),
         )
         if self.closed:
             raise ExecutionError("the app has stopped")
@@ -651,7 +689,7 @@ class Session:
                 from ._serialization import decode_error
 
                 raise InitFailed(decode_error(got[0], header.get("tb"), target.name))
-            return handle, conn
+            return handle, conn, header
         except BaseException:
             self.listener.forget(token)
             self._stop_handle(handle)
@@ -694,6 +732,26 @@ class Session:
             self._wake.wait(max(0.0, nearest - time.monotonic()))
             self._wake.clear()
 
+    def serve_web(self, functions: list[tuple[str, Any, str]]) -> None:
+        """Put web functions ([(name, target, label)]) behind this run's front door, live at once."""
+        from ._frontdoor import FrontDoor
+        from ._webpool import WebPool
+
+        if not functions:
+            return
+        self._router = _WebRouter(self)
+        self.front_door = FrontDoor(self._router)
+        self.front_door.start()
+        self.web_env = {WEB_URLS_ENV: json.dumps({name: f"{self.front_door.url}/{label}" for name, _, label in functions})}
+        for name, target, label in functions:
+            with self.lock:
+                pool = self.web_pools[label] = WebPool(self, target, label)
+                self.pools[("web", target.key)] = pool
+            output().status(f"{name}: {self.front_door.url}/{label}")
+
+    def web_url(self, label: str) -> str | None:
+        return f"{self.front_door.url}/{label}" if self.front_door is not None and label in self.web_pools else None
+
     def on_close(self, fn: Callable[[], None]) -> None:
         """Call `fn` (in a thread of its own, errors ignored) when the app stops."""
         with self.lock:
@@ -708,6 +766,9 @@ class Session:
                 return
             self.closed = True
         self._wake.set()
+        if self.front_door is not None:
+            self.front_door.stop()
+            self._router.waits.shutdown(wait=False, cancel_futures=True)
         containers = [c for pool in list(self.pools.values()) for c in pool.close()]
         for c in containers:
             try:

@@ -1,4 +1,4 @@
-"""The shared acceptance apps (core, images, storage, sandbox) pass, on the providers they name.
+"""The shared acceptance apps (core, images, storage, sandbox, web) pass, on the providers they name.
 
 They live beside this repository in ../shared/acceptance (as in CI); elsewhere they are skipped.
 """
@@ -45,3 +45,8 @@ def test_storage_acceptance(provider):
 @needs_check
 def test_sandbox_acceptance(docker_provider):
     check("sandbox", "docker", 1)
+
+
+@needs_check
+def test_web_acceptance(provider):
+    check("web", provider, 1)

@@ -40,6 +40,7 @@ class ContainerRequest:
     app_root: str | None  # host directory to make importable in the container
     session: str
     binds: list = dataclasses.field(default_factory=list)  # runner._mounts.Bind: volumes and the store
+    ports: tuple = ()  # container ports to publish on the host's loopback (web functions)
 
 
 class PreparedImages:
@@ -107,6 +108,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stop(self, handle: Any) -> None:
         """Kill and remove; idempotent."""
+
+    def address(self, handle: Any, port: int) -> tuple[str, int]:
+        """Where this host reaches a container's port (published on the loopback)."""
+        return "127.0.0.1", port
+
+    def web_bind(self, port: int) -> tuple[str, int]:
+        """Where a web server in a container listens: (host, port), port 0 for any free port."""
+        return "127.0.0.1", port
 
     @abc.abstractmethod
     def container_path(self, host_path: str) -> str:

@@ -36,6 +36,7 @@ LABEL = "org.runner"
 APP_MOUNT = "/root/app"
 CLIENT_MOUNT = "/opt/runner-client"
 BUILD_DIR = "/run/runner-build"
+WEB_PORT = 8000  # where an ASGI, WSGI or FastAPI function listens inside its container
 BUILD_CA = f"{BUILD_DIR}/ca.pem"
 SANDBOX_RUN = "/run/runner-sb"  # where a sandbox container sees its control directory's run/
 SEED_HINT = "scripts/seed_base_image.sh builds python:3.11-slim-bookworm from Debian's packages"
@@ -300,6 +301,7 @@ class DockerProvider(Provider):
                 working_dir=config.get("WorkingDir") or "/root",
                 labels={f"{LABEL}.owner": self.owner, f"{LABEL}.session": req.session, f"{LABEL}.function": req.name},
                 mounts=bind_mounts(req.binds),
+                ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports} or None,  # loopback only
                 **_limits(req),
             )
         except Exception as exc:  # noqa: BLE001
@@ -367,6 +369,16 @@ class DockerProvider(Provider):
 
     def container_path(self, host_path: str) -> str:
         return APP_MOUNT
+
+    def address(self, handle: _Handle, port: int) -> tuple[str, int]:
+        ports = self.client.api.inspect_container(handle.id)["NetworkSettings"]["Ports"] or {}
+        bound = ports.get(f"{port}/tcp") or []
+        if not bound:
+            raise ProviderError(f"container {handle.id[:12]} does not publish port {port}")
+        return "127.0.0.1", int(bound[0]["HostPort"])
+
+    def web_bind(self, port: int) -> tuple[str, int]:
+        return "0.0.0.0", port or WEB_PORT  # every interface of the container; published on the host's loopback
 
     def close(self) -> None:
         if self._build_dir:
