@@ -23,7 +23,22 @@ sys.path.insert(0, str(HERE))
 
 
 def pytest_configure(config):
-    os.environ["RUNNER_HOME"] = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+    _sweep_homes()
+    os.environ["RUNNER_HOME"] = tempfile.mkdtemp(prefix=f"rh-{os.getpid()}-", dir="/tmp")
+
+
+def _sweep_homes() -> None:
+    """Homes of test runs that were killed before they could clean up: stop their store, remove them."""
+    from runner._context import pid_alive
+
+    for home in pathlib.Path("/tmp").glob("rh-*-*"):
+        pid = home.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            os.environ["RUNNER_HOME"] = str(home)
+            from runner._store import stop_managed_server
+
+            stop_managed_server()
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_unconfigure(config):
