@@ -53,6 +53,7 @@ class App:
         self._classes: dict[str, Cls] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._session = None
+        self._door_port = 0  # the front door's port for the next run (runner serve keeps it across reloads)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -213,7 +214,7 @@ class App:
             for _, target, label in web:
                 target.label = label
             try:
-                self._session.serve_web(web)
+                self._session.serve_web(web, port=self._door_port)
             except BaseException:
                 session, self._session = self._session, None
                 session.close()

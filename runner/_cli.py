@@ -93,6 +93,18 @@ def run(
                     pass
 
 
+@cli.command("serve")
+def serve(
+    target: str = typer.Argument(..., help="FILE.py[::APP], or a module with -m"),
+    module: bool = typer.Option(False, "-m", help="TARGET is a module path such as pkg.app"),
+) -> None:
+    """Serve the app's web functions on local URLs; reload when its files change; Ctrl-C stops."""
+    from ._serve import serve as serve_app
+
+    with enable_output():
+        serve_app(target, module)
+
+
 @cli.command("shell")
 def shell(
     target: Optional[str] = typer.Argument(None, help="FILE.py[::NAME]: a shell in NAME's container"),

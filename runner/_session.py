@@ -732,7 +732,7 @@ class Session:
             self._wake.wait(max(0.0, nearest - time.monotonic()))
             self._wake.clear()
 
-    def serve_web(self, functions: list[tuple[str, Any, str]]) -> None:
+    def serve_web(self, functions: list[tuple[str, Any, str]], port: int = 0) -> None:
         """Put web functions ([(name, target, label)]) behind this run's front door, live at once."""
         from ._frontdoor import FrontDoor
         from ._webpool import WebPool
@@ -740,7 +740,7 @@ class Session:
         if not functions:
             return
         self._router = _WebRouter(self)
-        self.front_door = FrontDoor(self._router)
+        self.front_door = FrontDoor(self._router, port=port)
         self.front_door.start()
         self.web_env = {WEB_URLS_ENV: json.dumps({name: f"{self.front_door.url}/{label}" for name, _, label in functions})}
         for name, target, label in functions:
