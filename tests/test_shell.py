@@ -88,3 +88,21 @@ def test_shell_on_a_terminal(tmp_path, provider):
         os.close(fd)
     assert b"typed-hi" in seen, seen[-500:]
     assert os.waitstatus_to_exitcode(status) == 5
+
+
+def test_shell_has_the_functions_local_files_on_docker(tmp_path, docker_provider):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "note.txt").write_text("mounted, not built")
+    write(tmp_path, "app.py", """
+        import modal
+
+        image = modal.Image.debian_slim().add_local_dir("data", "/assets")
+        app = modal.App("shell-mounts", image=image)
+
+        @app.function()
+        def work():
+            return 1
+    """)
+    proc = run_cli(["shell", "app.py::work", "--cmd", "cat /assets/note.txt; echo; pwd"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["mounted,", "not", "built", "/root"]  # as in the function's own container

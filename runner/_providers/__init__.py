@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from typing import Any
@@ -121,8 +122,21 @@ class Provider(abc.ABC):
     def container_path(self, host_path: str) -> str:
         """Where a host path made importable for the app appears inside the container."""
 
+    @abc.abstractmethod
+    def shell(self, req: ContainerRequest, prepared: Any, command: str | None) -> int:
+        """Run an interactive shell (or `command`) in the container `req` describes; its exit code."""
+
     def close(self) -> None:
         """Release what the provider holds; containers are stopped by the session already."""
+
+
+def wait_interactive(proc: subprocess.Popen) -> int:
+    """Wait for an interactive child; Ctrl-C belongs to it, not to us."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def host_gpus() -> list[str]:

@@ -19,6 +19,8 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -29,7 +31,7 @@ from .._context import pid_alive
 from .._image import Image, Mount, Step, digest_files, local_files
 from .._output import output
 from ..exception import ImageBuildError, ProviderError
-from . import ContainerRequest, Provider
+from . import ContainerRequest, Provider, wait_interactive
 
 IMAGE_REPO = "runner-image"
 LABEL = "org.runner"
@@ -278,37 +280,59 @@ class DockerProvider(Provider):
         return snapshot
 
     # ---- containers ------------------------------------------------------------------------
-    def start(self, req: ContainerRequest, prepared: str) -> _Handle:
+    def _container_args(self, req: ContainerRequest, prepared: str) -> dict[str, Any]:
+        """A function's container, as docker-py arguments: its image, env, mounts, labels and limits.
+        The same for the containers `start` runs and for `runner shell`."""
         config = self.client.images.get(prepared).attrs["Config"] or {}
         image_env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
         env = dict(req.env)
-        env[ADDR_ENV] = f"unix:/run/runner/{req.socket_name}"
-        env[TOKEN_ENV] = req.token
         env["PYTHONPATH"] = ":".join(p for p in (CLIENT_MOUNT, "/root", image_env.get("PYTHONPATH")) if p)
-        volumes = {req.socket_dir: {"bind": "/run/runner", "mode": "rw"}, **self._client_mounts()}
+        volumes = dict(self._client_mounts())
+        if req.socket_dir:  # the client's socket, for the agent
+            volumes[req.socket_dir] = {"bind": "/run/runner", "mode": "rw"}
+            env[ADDR_ENV] = f"unix:/run/runner/{req.socket_name}"
+            env[TOKEN_ENV] = req.token
         for mount in getattr(req.image, "mounts", ()):
             volumes[self._mount_source(mount)] = {"bind": mount.target, "mode": "ro"}
         if req.app_root:
             volumes[req.app_root] = {"bind": APP_MOUNT, "mode": "ro"}
+        return dict(
+            image=prepared,
+            environment=env,
+            volumes=volumes,
+            working_dir=config.get("WorkingDir") or "/root",
+            labels={f"{LABEL}.owner": self.owner, f"{LABEL}.session": req.session, f"{LABEL}.function": req.name},
+            mounts=bind_mounts(req.binds),
+            ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports} or None,  # loopback only
+            **_limits(req),
+        )
+
+    def start(self, req: ContainerRequest, prepared: str) -> _Handle:
         try:
             container = self.client.containers.run(
-                prepared,
-                command=["python3", "-m", "runner._agent"],
-                detach=True,
-                auto_remove=True,
-                environment=env,
-                volumes=volumes,
-                working_dir=config.get("WorkingDir") or "/root",
-                labels={f"{LABEL}.owner": self.owner, f"{LABEL}.session": req.session, f"{LABEL}.function": req.name},
-                mounts=bind_mounts(req.binds),
-                ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports} or None,  # loopback only
-                **_limits(req),
+                command=["python3", "-m", "runner._agent"], detach=True, auto_remove=True,
+                **self._container_args(req, prepared),
             )
         except Exception as exc:  # noqa: BLE001
             raise ProviderError(f"docker could not start a container for {req.name}: {_short(exc)}") from None
         handle = _Handle(container)
         threading.Thread(target=self._follow, args=(handle,), daemon=True).start()
         return handle
+
+    def shell(self, req: ContainerRequest, prepared: str, command: str | None) -> int:
+        """An interactive shell (or `command`) in the container `req` describes. The Docker CLI
+        attaches it, since it owns the terminal (raw mode, resizes); it returns the exit code."""
+        exe = shutil.which("docker")
+        if exe is None:
+            raise ProviderError("runner shell uses the Docker CLI, and `docker` is not on PATH; install it (docker.io)")
+        container = self.client.containers.create(
+            command=["/bin/sh", "-c", command or "exec bash 2>/dev/null || exec sh"], stdin_open=True,
+            tty=sys.stdin.isatty() and sys.stdout.isatty(), **self._container_args(req, prepared),
+        )
+        try:
+            return wait_interactive(subprocess.Popen([exe, "start", "--attach", "--interactive", container.id]))
+        finally:
+            container.remove(force=True)
 
     def _follow(self, handle: _Handle) -> None:
         """Stream the container's output to ours until it exits, then note how it ended."""

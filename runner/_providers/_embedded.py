@@ -30,7 +30,7 @@ from .._home import subdir
 from .._mounts import bind_in_namespace, prepare_mount_points, remove_mount_points
 from .._output import output
 from ..exception import ProviderError
-from . import ContainerRequest, Provider
+from . import ContainerRequest, Provider, wait_interactive
 
 _PR_SET_PDEATHSIG = 1
 
@@ -129,6 +129,16 @@ class EmbeddedProvider(Provider):
 
     def container_path(self, host_path: str) -> str:
         return host_path
+
+    def shell(self, req: ContainerRequest, prepared, command: str | None) -> int:
+        """The user's shell on this host, with the function's environment, in the app's directory, and
+        its volumes bound in a private mount namespace."""
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        binds = req.binds
+        self._mount_points(binds)
+        proc = subprocess.Popen([shell, "-c", command] if command else [shell], env={**os.environ, **req.env},
+                                cwd=req.app_root or None, preexec_fn=(lambda: bind_in_namespace(binds)) if binds else None)
+        return wait_interactive(proc)
 
     def _mount_points(self, binds: list) -> None:
         """Make the volumes' mount points before forking; note them (on disk too) to remove later."""
