@@ -22,7 +22,7 @@ import weakref
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from . import _protocol as P
-from ._aio import _Aio
+from ._aio import twin
 from ._output import output
 from ._resources import FunctionOptions
 from ._serialization import decode_error, deserialize, serialize_args, serialize_chunk
@@ -33,16 +33,6 @@ from .exception import InvalidError, NotFoundError, OutputExpiredError, TimeoutE
 MAP_WINDOW = 4096  # map items outstanding at most: what bounds a map's memory
 FEED_CHUNK = 1024  # items read from the input per submit
 MIN_FEED = 256  # refill the window only once this many slots are free
-
-
-class _aio_pair:
-    def __init__(self, sync_name: str, aio_name: str):
-        self.sync_name, self.aio_name = sync_name, aio_name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        return _Aio(getattr(obj, self.sync_name), getattr(obj, self.aio_name))
 
 
 # ---- where the user's code lives ---------------------------------------------------------------
@@ -302,7 +292,7 @@ class _Invocable:
             raise
         return _outcome(self._name, status, payload, tb)
 
-    remote = _aio_pair("_remote", "_remote_aio")
+    remote = twin("_remote_aio")(_remote)
 
     # ---- generators ------------------------------------------------------------------------
     def _remote_gen(self, *args, **kwargs) -> Iterator:
@@ -350,7 +340,7 @@ class _Invocable:
                 sink.closed = True
                 pool.cancel(inp)
 
-    remote_gen = _aio_pair("_remote_gen", "_remote_gen_aio")
+    remote_gen = twin("_remote_gen_aio")(_remote_gen)
 
     # ---- map -------------------------------------------------------------------------------
     def _map(self, *iterables, order_outputs: bool = True, return_exceptions: bool = False,
@@ -410,7 +400,7 @@ class _Invocable:
         finally:
             driver.close()
 
-    map = _aio_pair("_map", "_map_aio")
+    map = twin("_map_aio")(_map)
 
     def _starmap(self, input_iterator: Iterable, *, kwargs: dict | None = None, order_outputs: bool = True,
                  return_exceptions: bool = False) -> Iterator:
@@ -422,7 +412,7 @@ class _Invocable:
         return self._map_aio(input_iterator, kwargs=kwargs, order_outputs=order_outputs,
                              return_exceptions=return_exceptions, _starmap=True)
 
-    starmap = _aio_pair("_starmap", "_starmap_aio")
+    starmap = twin("_starmap_aio")(_starmap)
 
     def _for_each(self, *iterables, kwargs: dict | None = None, ignore_exceptions: bool = False) -> None:
         for _ in self._map(*iterables, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
@@ -432,7 +422,7 @@ class _Invocable:
         async for _ in self._map_aio(*iterables, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
             pass
 
-    for_each = _aio_pair("_for_each", "_for_each_aio")
+    for_each = twin("_for_each_aio")(_for_each)
 
     # ---- spawn -----------------------------------------------------------------------------
     def _spawn(self, *args, **kwargs) -> FunctionCall:
@@ -446,7 +436,7 @@ class _Invocable:
     async def _spawn_aio(self, *args, **kwargs) -> FunctionCall:
         return self._spawn(*args, **kwargs)
 
-    spawn = _aio_pair("_spawn", "_spawn_aio")
+    spawn = twin("_spawn_aio")(_spawn)
 
     def _spawn_map(self, *iterables, kwargs: dict | None = None) -> None:
         self._check(False, "spawn_map")
@@ -462,7 +452,7 @@ class _Invocable:
     async def _spawn_map_aio(self, *iterables, kwargs: dict | None = None) -> None:
         self._spawn_map(*iterables, kwargs=kwargs)
 
-    spawn_map = _aio_pair("_spawn_map", "_spawn_map_aio")
+    spawn_map = twin("_spawn_map_aio")(_spawn_map)
 
 
 async def _async_args(iterables: tuple, starmap: bool):
@@ -599,7 +589,7 @@ class FunctionCall:
             raise TimeoutError(f"{self.object_id} ({self._name}) did not finish within {timeout:g}s")
         return _outcome(self._name, *self._result)
 
-    get = _aio_pair("_get", "_get_aio")
+    get = twin("_get_aio")(_get)
 
     def _cancel(self, terminate_containers: bool = False) -> None:
         if self._input is not None and not self._event.is_set():
@@ -608,7 +598,7 @@ class FunctionCall:
     async def _cancel_aio(self, terminate_containers: bool = False) -> None:
         self._cancel(terminate_containers)
 
-    cancel = _aio_pair("_cancel", "_cancel_aio")
+    cancel = twin("_cancel_aio")(_cancel)
 
     @staticmethod
     def from_id(function_call_id: str) -> FunctionCall:
