@@ -103,25 +103,27 @@ class OverBudget(Exception):
     """A measurement (or the whole run) went over its time budget."""
 
 
-def measure_each(steps) -> dict:
-    """Run each (name, function) measurement: {name: result, "errors": {name: why}}. One that fails
-    does not lose the others; one over budget ends the run."""
-    results: dict = {"errors": {}}
+def measure_each(steps, results: dict) -> dict:
+    """Run each (name, function) measurement into `results` ({name: result, "errors": {name: why}}):
+    one that fails does not lose the others; one over budget is recorded and ends the run (the
+    OverBudget goes on to the caller)."""
     for name, fn in steps:
         note(f"measuring {name}")
         try:
             results[name] = fn()
         except OverBudget as exc:
             results["errors"][name] = str(exc)
-            break
+            raise
         except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
     return results
 
 
-def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bool, cleanup=None) -> int:
-    """Measure each step within `budget` seconds (SIGALRM), print the section `block` makes of the
-    results, and put it between `start` and `end` in `doc` when `write`. Exit status 1 if any failed."""
+def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bool, cleanup=None,
+                 show=None) -> int:
+    """Measure each step within `budget` seconds (SIGALRM), show the results (`show(results)`, or
+    print the section `block` makes of them), and put that section between `start` and `end` in
+    `doc` when `write`. Exit status 1 if any failed."""
     import signal
     import time
 
@@ -131,14 +133,20 @@ def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bo
     signal.signal(signal.SIGALRM, alarm)
     signal.alarm(budget)
     began = time.monotonic()
+    results: dict = {"errors": {}}
     try:
-        results = measure_each(steps)
+        measure_each(steps, results)
+    except OverBudget:
+        pass  # recorded against the step it stopped
     finally:
         signal.alarm(0)
         if cleanup is not None:
             cleanup()
     text = block(results, machine(), time.monotonic() - began)
-    print(text)
+    if show is not None:
+        show(results)
+    else:
+        print(text)
     if write:
         replace_section(doc, start, end, text)
         print(f"wrote {doc}")

@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from _common import OverBudget, machine, measured_table, note, pct, replace_section, verdict
+from _common import OverBudget, machine, measure_each, measured_table, note, pct, replace_section, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -350,27 +350,13 @@ def main() -> int:
     executor = concurrent.futures.ProcessPoolExecutor(2)
     try:
         list(executor.map(inc_local, range(MAP_WARMUP), chunksize=64))
-        steps = [("cold", lambda: bench_cold(args.provider))]
-        for name, fn in steps:
-            note(f"{name} ...")
-            try:
-                results[name] = fn()
-            except OverBudget:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported in the table
-                results["errors"][name] = f"{type(exc).__name__}: {exc}"
+        measure_each([("cold", lambda: bench_cold(args.provider))], results)
         with app.run(provider=args.provider):
-            for name, fn in [("remote", bench_remote), ("map", lambda: bench_map(executor)),
-                             ("payload", bench_payload), ("million", bench_million)]:
-                note(f"{name} ...")
-                try:
-                    results[name] = fn()
-                except OverBudget:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - reported in the table
-                    results["errors"][name] = f"{type(exc).__name__}: {exc}"
+            measure_each([("remote", bench_remote), ("map", lambda: bench_map(executor)),
+                          ("payload", bench_payload), ("million", bench_million)], results)
     except OverBudget as exc:
-        results["errors"]["run"] = str(exc)
+        if str(exc) not in results["errors"].values():  # over budget outside a step
+            results["errors"]["run"] = str(exc)
     finally:
         signal.alarm(0)
         executor.shutdown(cancel_futures=True)

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import pathlib
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import tempfile
 import time
 import uuid
 
-from _common import OverBudget, machine, measure_each, measured_table, pct, replace_section, verdict
+from _common import measured_table, pct, run_sections, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -337,31 +336,14 @@ def block(r: dict, m: dict, wall: float) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    replace_section(DOC, START, END, text)
-    print(f"wrote {DOC.relative_to(ROOT)}")
-
-
 # ---- main -----------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
 
-    def alarm(*_):
-        raise OverBudget(f"the whole run went over {TOTAL_BUDGET} s")
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(TOTAL_BUDGET)
-    began = time.monotonic()
-    results = measure_each((("start", bench_start), ("fresh", bench_fresh), ("rebuild", bench_rebuild)))
-    signal.alarm(0)
-    wall = time.monotonic() - began
-    print_table(results)
-    if not args.no_write:
-        write_doc(block(results, machine(), wall))
-    return 1 if results["errors"] else 0
-
+    steps = (("start", bench_start), ("fresh", bench_fresh), ("rebuild", bench_rebuild))
+    return run_sections(steps, TOTAL_BUDGET, block, DOC, START, END, not args.no_write, show=print_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,8 +4,8 @@ Objects whose calls block on I/O (volumes, the store, sandboxes) mark their meth
 `@blocking`; the `.aio` form runs the same method in a worker thread, so there is one
 implementation of each call and the event loop is never blocked. A method returning an iterator
 uses `@blocking_iter`: its `.aio` form is an async iterator taking each step in a worker thread.
-Only a call whose async form must do more than that (undo work when cancelled, say) writes it
-separately, and names it with `@twin`.
+A call whose async form is its own code (it undoes work when cancelled, or waits on the event loop
+itself, as function calls do) writes it separately and names it with `@twin`.
 """
 
 from __future__ import annotations
