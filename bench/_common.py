@@ -119,6 +119,17 @@ def measure_each(steps, results: dict) -> dict:
     return results
 
 
+def start_budget(seconds: int) -> None:
+    """Raise OverBudget in the main thread once the run has taken `seconds` (signal.alarm(0) ends it)."""
+    import signal
+
+    def alarm(*_):
+        raise OverBudget(f"the whole run went over {seconds} s")
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+
+
 def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bool, cleanup=None,
                  show=None) -> int:
     """Measure each step within `budget` seconds (SIGALRM), show the results (`show(results)`, or
@@ -127,11 +138,7 @@ def run_sections(steps, budget: int, block, doc, start: str, end: str, write: bo
     import signal
     import time
 
-    def alarm(*_):
-        raise OverBudget(f"the whole run went over {budget} s")
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(budget)
+    start_budget(budget)
     began = time.monotonic()
     results: dict = {"errors": {}}
     try:

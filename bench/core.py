@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from _common import OverBudget, machine, measure_each, measured_table, note, pct, replace_section, verdict
+from _common import OverBudget, machine, measure_each, measured_table, note, pct, replace_section, start_budget, verdict
 from _common import print_table as print_table_rows
 import runner
 
@@ -339,11 +339,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
 
-    def alarm(*_):
-        raise OverBudget(f"the whole run went over {TOTAL_BUDGET} s")
-
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(TOTAL_BUDGET)
+    start_budget(TOTAL_BUDGET)
     started = time.monotonic()
     results: dict = {"errors": {}}
     # The pool forks its workers now, before runner starts any thread in this process.
