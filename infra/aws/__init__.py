@@ -1,0 +1,37 @@
+"""The AWS program: EKS with Karpenter, ECR, S3, and the runner platform on top.
+
+`program()` reads the stack config (`aws:region`, `runner:*`; see infra/aws/README.md) into
+`AwsClusterArgs`, builds one `AwsCluster` component, puts `infra.common.RunnerPlatform` on its
+Kubernetes provider and exports the contract of `runner._stack`. Pods reach AWS through EKS Pod
+Identity (associations, not service-account annotations), so the platform's service account
+carries no annotation; the NVIDIA device plugin is installed because EKS does not provide one.
+"""
+
+from __future__ import annotations
+
+from infra.common import PlatformArgs, RunnerPlatform, export_contract
+from infra.common.manifests import GPU_NODE_LABEL_KEYS
+
+from .cluster import AwsCluster
+from .config import AwsClusterArgs, from_config
+from .karpenter import GPU_LABEL
+
+__all__ = ["AwsCluster", "AwsClusterArgs", "from_config", "program"]
+
+
+def program() -> None:
+    """Build the AWS stack from config and export the runner's stack outputs."""
+    args = from_config()
+    platform_args = PlatformArgs(install_device_plugin=True, gpu_node_label_keys=(GPU_LABEL, *GPU_NODE_LABEL_KEYS),
+                                 queue_storage_class="gp3")
+    cluster = AwsCluster("runner", args, runner_namespace=platform_args.namespace,
+                         runner_service_account=platform_args.service_account)
+    platform = RunnerPlatform("runner", platform_args, cluster.provider)
+    export_contract({
+        "cloud": "aws",
+        "kubeconfig": cluster.kubeconfig,
+        "registry_url": cluster.registry_url,
+        "bucket_url": cluster.bucket_url,
+        "gpu_types": cluster.gpu_types,
+        **platform.contract_outputs(),
+    })
