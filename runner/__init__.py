@@ -18,6 +18,7 @@ from ._output import enable_output
 from ._partial import batched, concurrent, enter, exit, method, parameter
 from ._queue import Queue
 from ._resources import Retries
+from ._schedule import Cron, Period
 from ._sandbox import Sandbox
 from ._secret import Secret
 from ._volume import Volume
@@ -30,12 +31,14 @@ __all__ = [
     "App",
     "Apparatus",
     "Cls",
+    "Cron",
     "Dict",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
     "LocalEntrypoint",
+    "Period",
     "Queue",
     "Retries",
     "Sandbox",

@@ -70,9 +70,10 @@ def _resolve(spec: dict, blobs: list) -> Any:
     # Secret values come over the agent's socket, not in the container's config, where
     # `docker inspect` would show them; set before the user's module is imported.
     os.environ.update(spec.get("secret_env") or {})
-    for entry in reversed(spec.get("sys_path", [])):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    for entry in reversed(spec.get("sys_path", [])):  # the app's root first, before the working directory
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
     if spec.get("alias_modal", True):
         from ._compat import install_modal_alias
 
@@ -569,7 +570,7 @@ def _start_web(agent: Agent, web: dict) -> int:
     from . import _web_serve
 
     serving = _web_serve.start(
-        web["kind"], agent.target, method=web.get("method"), docs=bool(web.get("docs")),
+        web["kind"], agent._callable(web.get("method_name")), method=web.get("method"), docs=bool(web.get("docs")),
         port=web.get("port") or 0, startup_timeout=web.get("startup_timeout"), root_path=web.get("root_path") or "",
         host=web.get("host") or "0.0.0.0",
     )

@@ -19,7 +19,7 @@ from .exception import ExecutionError, InvalidError, VersionError
 
 _OPTIONS = (
     "image", "gpu", "cpu", "memory", "timeout", "retries", "secrets", "volumes", "env", "min_containers",
-    "max_containers", "buffer_containers", "scaledown_window", "serialized", "name",
+    "max_containers", "buffer_containers", "scaledown_window", "serialized", "name", "schedule",
 )
 
 
@@ -54,6 +54,9 @@ class App:
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._session = None
         self._door_port = 0  # the front door's port for the next run (runner serve keeps it across reloads)
+        self._door_socket = None  # or its listening socket (runner deploy hands it to the next version)
+        self._deployed_id: str | None = None  # set by App.lookup
+        self._hold_door = False  # runner deploy opens the front door itself, once the version is warm
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -65,7 +68,7 @@ class App:
 
     @property
     def app_id(self) -> str | None:
-        return self._session.id if self._session else None
+        return self._session.id if self._session else self._deployed_id
 
     @property
     def registered_functions(self) -> dict[str, Function]:
@@ -84,7 +87,7 @@ class App:
         unknown = sorted(set(kwargs) - set(_OPTIONS))
         if unknown:
             raise InvalidError(f"app.{what}() got unknown option(s) {', '.join(unknown)}; it takes {', '.join(_OPTIONS)}")
-        opts = {k: v for k, v in kwargs.items() if k != "name"}
+        opts = {k: v for k, v in kwargs.items() if k not in ("name", "schedule")}
         d = self._defaults
         opts["image"] = opts.get("image") or d.image or Image.debian_slim()
         opts["secrets"] = list(d.secrets) + list(opts.get("secrets") or ())
@@ -106,12 +109,10 @@ class App:
             name = kwargs.get("name") or fn.__name__
             self._check_free(name)
             f = Function(self, fn, options, name=name)
+            f._schedule = _check_schedule(name, kwargs.get("schedule"), f)
             label = f._web_label()
             if label is not None:
-                taken = [n for n, other in self._functions.items() if other._web_label() == label]
-                if taken:
-                    raise InvalidError(f"web functions {taken[0]} and {name} both have the label {label!r}; "
-                                       "give one of them another with label=")
+                self._check_label(name, label)
             self._functions[name] = f
             return f
 
@@ -119,6 +120,9 @@ class App:
 
     def cls(self, _cls: type | None = None, **kwargs: Any):
         """Register a class whose @method functions run in containers."""
+        if kwargs.get("schedule") is not None:
+            raise InvalidError("app.cls() takes no schedule=; "
+                               "put the schedule on an @app.function() that calls the class")
         options = self._options("cls", kwargs)
 
         def deco(user_cls: type) -> Cls:
@@ -127,10 +131,8 @@ class App:
             name = kwargs.get("name") or user_cls.__name__
             self._check_free(name)
             c = Cls(self, user_cls, options)
-            web = [m for m, raw in inspect.getmembers(user_cls, callable) if getattr(raw, "__runner_web__", None)]
-            if web:
-                raise InvalidError(f"{name}.{web[0]}: web endpoints on @app.cls methods are not supported yet; "
-                                   "put it on an @app.function() instead")
+            for method in c._web_methods:
+                self._check_label(f"{name}.{method}", c._web_label(method))
             self._classes[name] = c
             return c
 
@@ -148,6 +150,24 @@ class App:
 
         return deco(_fn) if _fn is not None else deco
 
+    def _web_endpoints(self) -> list[tuple[str, Any, str]]:
+        """(name, target, label) of every web endpoint: web functions, then web methods of classes."""
+        out = [(n, f._target(), f._web_label()) for n, f in self._functions.items() if f._web_label()]
+        for cname, c in self._classes.items():
+            out += [(f"{cname}.{m}", c._web_target(m), c._web_label(m)) for m in c._web_methods]
+        return out
+
+    def _web_urls(self) -> dict[str, str | None]:
+        """The URL of every web endpoint while the app runs, by name ("fn" or "Cls.method")."""
+        session = self._session
+        return {n: session.web_url(label) if session else None for n, _, label in self._web_endpoints()}
+
+    def _check_label(self, name: str, label: str) -> None:
+        taken = [n for n, _, other in self._web_endpoints() if other == label]
+        if taken:
+            raise InvalidError(f"web endpoints {taken[0]} and {name} both have the label {label!r}; "
+                               "give one of them another with label=")
+
     def _check_free(self, name: str) -> None:
         if name in self._functions or name in self._classes or name in self._entrypoints:
             raise InvalidError(f"app {self.name or ''} has two objects named {name!r}; rename one (or pass name=)")
@@ -160,8 +180,21 @@ class App:
         return self
 
     @staticmethod
-    def lookup(name: str, *, create_if_missing: bool = False) -> App:
-        return App(name)
+    def lookup(name: str, *, create_if_missing: bool = False, environment_name: str | None = None) -> App:
+        """The deployed app named `name` (`runner deploy`), e.g. to create sandboxes in; with
+        `create_if_missing=True` an app that was never deployed is created empty."""
+        from ._deploy import create_empty, read_state, unknown_app
+        from ._home import check_name
+
+        check_name(name, "app")
+        state = read_state(name)
+        if state is None:
+            if not create_if_missing:
+                raise unknown_app(name)
+            state = create_empty(name)
+        app = App(name)
+        app._deployed_id = state["id"]
+        return app
 
     # ---- running ---------------------------------------------------------------------------
     def _targets(self) -> list[tuple[str, FunctionOptions]]:
@@ -210,11 +243,11 @@ class App:
                 prov.close()
                 raise
             self._session = Session(self.name or "ephemeral", prov)
-            web = [(n, f._target(), f._web_label()) for n, f in self._functions.items() if f._web_label()]
+            web = self._web_endpoints()
             for _, target, label in web:
                 target.label = label
             try:
-                self._session.serve_web(web, port=self._door_port)
+                self._session.serve_web(web, port=self._door_port, sock=self._door_socket, hold=self._hold_door)
             except BaseException:
                 session, self._session = self._session, None
                 session.close()
@@ -240,6 +273,24 @@ class App:
                 f"{fn_name} needs a running app: call it inside `with app.run():`, or run the file with `runner run`"
             )
         return session
+
+
+def _check_schedule(name: str, schedule: Any, f: Function) -> Any:
+    from ._schedule import Cron, Period
+
+    if schedule is None:
+        return None
+    if not isinstance(schedule, (Cron, Period)):
+        raise InvalidError(f"{name}: schedule= takes modal.Period(...) or modal.Cron('...'), "
+                           f"got {type(schedule).__name__}")
+    if f._web_label() is not None or f._is_gen():
+        raise InvalidError(f"{name}: a schedule runs a plain function; web and generator functions cannot have one")
+    required = [p.name for p in inspect.signature(f._raw).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise InvalidError(f"{name}: a scheduled function is called with no arguments, but it requires "
+                           f"{', '.join(required)}; give them defaults")
+    return schedule
 
 
 def _sigterm_as_exit() -> Callable[[], None]:

@@ -19,7 +19,9 @@ import click
 import typer
 
 from . import __version__
+from ._apps_cli import app_cli
 from ._images_cli import image_cli
+from ._infra_cli import infra_cli
 from ._output import enable_output, output
 from ._storage_cli import secret_cli, volume_cli
 from ._store_cli import store_app
@@ -97,12 +99,27 @@ def run(
 def serve(
     target: str = typer.Argument(..., help="FILE.py[::APP], or a module with -m"),
     module: bool = typer.Option(False, "-m", help="TARGET is a module path such as pkg.app"),
+    port: int = typer.Option(0, "--port", help="the front door's port on 127.0.0.1 (0: any free one)"),
 ) -> None:
     """Serve the app's web functions on local URLs; reload when its files change; Ctrl-C stops."""
     from ._serve import serve as serve_app
 
     with enable_output():
-        serve_app(target, module)
+        serve_app(target, module, port)
+
+
+@cli.command("deploy")
+def deploy(
+    target: str = typer.Argument(..., help="FILE.py[::APP], or a module with -m"),
+    module: bool = typer.Option(False, "-m", help="TARGET is a module path such as pkg.app"),
+    name: Optional[str] = typer.Option(None, "--name", help="deploy under this name (default: the App's name)"),
+    port: Optional[int] = typer.Option(None, "--port",
+                                       help="the front door's port for a first deploy (default: any free one)"),
+) -> None:
+    """Deploy an app: it keeps running after this command exits; deploying again replaces it."""
+    from ._apps_cli import deploy_command
+
+    deploy_command(target, module, name, port)
 
 
 @cli.command("shell")
@@ -127,6 +144,8 @@ cli.add_typer(image_cli, name="image")  # `runner image build | ls | prune`
 cli.add_typer(volume_cli, name="volume")  # `runner volume create | ls | put | get | rm | delete`
 cli.add_typer(secret_cli, name="secret")  # `runner secret create | list | delete`
 cli.add_typer(store_app, name="store")  # `runner store status | stop`
+cli.add_typer(app_cli, name="app")  # `runner app list | stop | logs`
+cli.add_typer(infra_cli, name="infra")  # `runner infra outputs | up | destroy`
 
 
 def main(argv: List[str] | None = None) -> None:

@@ -29,6 +29,11 @@ class Cls:
         self._methods = {
             name: fn for name, fn in inspect.getmembers(user_cls, callable) if flags_of(fn).get("method")
         }
+        # Web endpoints on methods (`@modal.asgi_app()` etc.): each served from containers of its own,
+        # which create the instance with its default parameters and run its @enter hooks first.
+        self._web_methods = {name: fn for name, fn in inspect.getmembers(user_cls, callable)
+                             if getattr(fn, "__runner_web__", None) is not None}
+        self._web_targets: dict[str, Target] = {}
         self.__name__ = user_cls.__name__
         self.__qualname__ = user_cls.__qualname__
         self.__module__ = user_cls.__module__
@@ -62,6 +67,35 @@ class Cls:
                 raise InvalidError(f"{self.__name__} parameter {name!r} must be {want.__name__}, got {type(value).__name__}")
             values[name] = value
         return Obj(self, values)
+
+    def _web_label(self, method: str) -> str:
+        from ._web import default_label
+
+        spec = self._web_methods[method].__runner_web__
+        return spec.label or default_label(f"{self.__name__}-{method}")
+
+    def _web_target(self, method: str) -> Target:
+        """The containers serving the web endpoint on `method`."""
+        target = self._web_targets.get(method)
+        if target is None:
+            flags = flags_of(self._user_cls)
+            target = Target(name=f"{self.__name__}.{method}", options=self._options, obj=self._user_cls,
+                            is_class=True, params={}, max_inputs=int(flags.get("max_inputs") or 1), batch_size=0,
+                            key=("cls-web", id(self), method))
+            target.web, target.web_method = self._web_methods[method].__runner_web__, method
+            target.label = self._web_label(method)
+            self._web_targets[method] = target
+        return target
+
+    @staticmethod
+    def from_name(app_name: str, name: str, *, environment_name: str | None = None) -> Any:
+        """A class of a deployed app (`runner deploy`): `Cls.from_name("app", "Model")(size=2).run.remote(x)`.
+        Looked up on first use (or `.hydrate()`): an unknown app or class raises NotFoundError."""
+        from ._deployed import DeployedCls
+        from ._function import _check_names
+
+        _check_names(app_name, name)
+        return DeployedCls(app_name, name)
 
     def with_options(self, **options: Any) -> Cls:
         """The same class with some options replaced: gpu, cpu, memory, timeout, retries, ..."""
@@ -109,6 +143,8 @@ class Obj:
     def __getattr__(self, name: str) -> Method:
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in self._cls._web_methods and name not in self._cls._methods:
+            return WebMethod(self._cls, name)
         if name not in self._cls._methods:
             raise AttributeError(f"{self._cls.__name__} has no @method {name!r}")
         return Method(self, name)
@@ -140,6 +176,33 @@ class Obj:
                 getattr(inst, hook.__name__)()
             self._local = inst
         return self._local
+
+
+class WebMethod:
+    """`obj.method` for a web endpoint on a class: reached over HTTP, at `get_web_url()`."""
+
+    def __init__(self, cls: Cls, name: str):
+        self._cls, self._method = cls, name
+
+    def get_web_url(self) -> str | None:
+        import json
+        import os
+
+        from ._context import is_local
+        from ._session import WEB_URLS_ENV
+
+        if not is_local():
+            return json.loads(os.environ.get(WEB_URLS_ENV) or "{}").get(f"{self._cls.__name__}.{self._method}")
+        session = self._cls._app_ref._session if self._cls._app_ref is not None else None
+        return session.web_url(self._cls._web_label(self._method)) if session is not None else None
+
+    @property
+    def web_url(self) -> str | None:
+        return self.get_web_url()
+
+    def remote(self, *args, **kwargs):
+        raise InvalidError(f"{self._cls.__name__}.{self._method} is a web endpoint: send it HTTP requests at "
+                           f"{self.get_web_url()}")
 
 
 class Method(_Invocable):

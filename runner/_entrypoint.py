@@ -33,11 +33,12 @@ class Runnable:
     call: Callable[..., Any]
 
 
-def load_module(target: str, as_module: bool) -> tuple[Any, str | None]:
+def load_module(target: str, as_module: bool, path_root: str | None = None) -> tuple[Any, str | None]:
+    """Import the target (a file, or a module found from `path_root`, default the working directory)."""
     ref, _, name = target.partition("::")
     install_modal_alias()
     if as_module:
-        sys.path.insert(0, os.getcwd())
+        sys.path.insert(0, path_root or os.getcwd())
         try:
             found = importlib.util.find_spec(ref)
         except ModuleNotFoundError:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -326,7 +327,9 @@ class _Backend(asyncio.Protocol):
 class FrontDoor:
     """`FrontDoor(router).start()` serves `http://HOST:PORT/<label>/...` until `stop()`."""
 
-    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, router: Router, host: str = "127.0.0.1", port: int = 0, sock=None):
+        if sock is not None:  # a listening socket handed over by the previous version of a deployed app
+            host, port = sock.getsockname()[:2]
         try:
             self._ip = ipaddress.ip_address(host)
         except ValueError:
@@ -334,7 +337,7 @@ class FrontDoor:
                 f"the front door's host must be an IP address like 127.0.0.1 or ::1, not {host!r}") from None
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidError(f"the front door's port must be 0 (any free port) to 65535, not {port!r}")
-        self.router, self.host, self.port = router, host, port
+        self.router, self.host, self.port, self._sock = router, host, port, sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -348,8 +351,9 @@ class FrontDoor:
             raise InvalidError("the front door has no URL before start()")
         return f"http://{self.host if self._ip.version == 4 else f'[{self.host}]'}:{self.port}"
 
-    def start(self) -> int:
-        """Listen, serve on an event loop in a daemon thread, and return the bound port."""
+    def start(self, serving: bool = True) -> int:
+        """Listen, serve on an event loop in a daemon thread, and return the bound port. With
+        `serving=False` the socket is bound but no connection is accepted until `open()`."""
         with self._lock:
             if self._thread is not None or self._stopped:
                 raise InvalidError("this front door was started already; make a new FrontDoor")
@@ -357,7 +361,7 @@ class FrontDoor:
             thread = threading.Thread(target=loop.run_forever, name="runner-frontdoor", daemon=True)
             thread.start()
             try:
-                self._server = asyncio.run_coroutine_threadsafe(self._listen(), loop).result()
+                self._server = asyncio.run_coroutine_threadsafe(self._listen(serving), loop).result()
             except OSError as exc:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join()
@@ -386,8 +390,43 @@ class FrontDoor:
                 if not thread.is_alive():
                     loop.close()
 
-    async def _listen(self) -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(lambda: _Client(self), self.host, self.port, backlog=1024)
+    async def _listen(self, serving: bool) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        where = {"sock": self._sock} if self._sock is not None else {"host": self.host, "port": self.port}
+        return await loop.create_server(lambda: _Client(self), backlog=1024, start_serving=serving, **where)
+
+    def open(self) -> None:
+        """Start accepting connections (after `start(serving=False)`)."""
+
+        async def serve() -> None:
+            await self._server.start_serving()
+
+        asyncio.run_coroutine_threadsafe(serve(), self._loop).result(STOP_TIMEOUT)
+
+    def listening_socket(self):
+        """The listening socket, to hand to the next version of a deployed app (it shares the
+        accept queue, so no connection is refused or dropped in between)."""
+        return self._server.sockets[0]
+
+    def drain(self, timeout: float) -> None:
+        """Stop accepting, and wait up to `timeout` seconds for the open connections to finish:
+        requests accepted before keep their answers. Then `stop()` ends the rest."""
+        with self._lock:
+            loop = self._loop
+        if loop is None or self._stopped:
+            return
+
+        async def close_listener() -> None:
+            self._server.close()
+            # Connections accepted just before are still being set up (their protocol is made in a
+            # task); let those tasks run, so they count as open connections below.
+            for _ in range(10):
+                await asyncio.sleep(0.01)
+
+        asyncio.run_coroutine_threadsafe(close_listener(), loop).result(STOP_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        while self._conns and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     async def _shutdown(self) -> None:
         self._server.close()

@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import queue
+import secrets
 import sys
 import threading
 import weakref
@@ -27,7 +28,7 @@ from ._output import output
 from ._resources import FunctionOptions
 from ._serialization import decode_error, deserialize, serialize_args, serialize_chunk
 from ._context import is_local
-from ._session import LOCAL_ERR, WEB_URLS_ENV, AsyncSink, Input, QueueSink, new_id
+from ._session import LOCAL_ERR, WEB_URLS_ENV, AsyncSink, Input, QueueSink
 from .exception import InvalidError, NotFoundError, OutputExpiredError, TimeoutError
 
 MAP_WINDOW = 4096  # map items outstanding at most: what bounds a map's memory
@@ -81,6 +82,7 @@ class Target:
         self.key = key
         self.module, self.qualname, self.app_root = locate(obj, options.serialized)
         self.web = getattr(obj, "__runner_web__", None) if not is_class else None  # runner._web.WebSpec
+        self.web_method: str | None = None  # a web endpoint on a method of a class: its name
         self.label = ""  # the web function's label, set when its app registers it
 
     def env(self) -> dict[str, str]:
@@ -127,7 +129,8 @@ class Target:
         if listen is not None:
             w = self.web
             spec["web"] = {"kind": w.kind, "method": w.method, "docs": w.docs, "port": listen[1], "host": listen[0],
-                           "startup_timeout": w.startup_timeout, "root_path": f"/{self.label}"}
+                           "startup_timeout": w.startup_timeout, "root_path": f"/{self.label}",
+                           "method_name": self.web_method}
         blobs = [cloudpickle.dumps(self.obj) if by_value else b"", cloudpickle.dumps(self.params)]
         return spec, blobs
 
@@ -497,6 +500,7 @@ class Function(_Invocable):
         self.__qualname__ = raw.__qualname__
         self.__module__ = raw.__module__
         self._tgt: Target | None = None
+        self._schedule: Any = None  # a Period or Cron: run by the deployed app
 
     def __repr__(self) -> str:
         return f"Function({self._name})"
@@ -551,6 +555,23 @@ class Function(_Invocable):
     def web_url(self) -> str | None:
         return self.get_web_url()
 
+    @staticmethod
+    def from_name(app_name: str, name: str, *, environment_name: str | None = None) -> Function:
+        """A function of a deployed app (`runner deploy`), callable from any process on this host.
+        Looked up on first use (or `.hydrate()`): an unknown app or function raises NotFoundError."""
+        from ._deployed import DeployedFunction
+
+        _check_names(app_name, name)
+        return DeployedFunction(app_name, name)
+
+
+def _check_names(app_name: Any, name: Any) -> None:
+    from ._home import check_name
+
+    check_name(app_name, "app")
+    if not isinstance(name, str) or not name:
+        raise InvalidError(f"the object name must be a non-empty string, got {name!r}")
+
 
 _CALLS: weakref.WeakValueDictionary[str, FunctionCall] = weakref.WeakValueDictionary()
 
@@ -559,7 +580,7 @@ class FunctionCall:
     """A handle on a spawned call: `get()` its result, `cancel()` it, or find it by `object_id`."""
 
     def __init__(self, name: str, pool: Any):
-        self.object_id = new_id("fc")
+        self.object_id = f"fc-{secrets.token_hex(10)}"  # unique on this host: deployed calls are found by it
         self._name = name
         self._pool = pool
         self._input: Input | None = None
@@ -604,7 +625,12 @@ class FunctionCall:
     def from_id(function_call_id: str) -> FunctionCall:
         call = _CALLS.get(function_call_id)
         if call is None:
-            raise NotFoundError(f"no function call {function_call_id!r} in this app run")
+            from ._deployed import find_call
+
+            found = find_call(function_call_id)
+            if found is not None:
+                return found
+            raise NotFoundError(f"no function call {function_call_id!r} in this app run or any deployed app")
         if call._pool.session.closed and not call._event.is_set():
             raise OutputExpiredError(f"{function_call_id}: its app stopped before it finished")
         return call

@@ -17,22 +17,23 @@ import time
 from typing import Any
 
 from ._output import output
-from .exception import Error, NotFoundError
+from .exception import Error, InvalidError, NotFoundError
 
 POLL = 0.5  # seconds between looks at the source files
 
 
-def serve(target: str, as_module: bool) -> None:
+def serve(target: str, as_module: bool, port: int = 0) -> None:
     from ._entrypoint import UserCodeError
 
-    app, files = _load(target, as_module)
-    port = 0
+    if not 0 <= port <= 65535:
+        raise InvalidError(f"--port must be 0 (any free port) to 65535, not {port}")
+    app, files = load_app(target, as_module)
     while True:
         app._door_port = port
         with app.run():
             door = app._session.front_door
             port = door.port if door is not None else 0  # the same URLs after a reload
-            urls = {name: f.get_web_url() for name, f in app._functions.items() if f._web_label()}
+            urls = app._web_urls()
             if not urls:
                 output().line(f"{target} has no web functions; serving its app anyway (Ctrl-C to stop)")
             for name, url in urls.items():
@@ -41,7 +42,7 @@ def serve(target: str, as_module: bool) -> None:
             while True:
                 changed = _wait_for_change(files)
                 try:
-                    new_app, new_files = _load(target, as_module)
+                    new_app, new_files = load_app(target, as_module)
                 except (Error, UserCodeError) as exc:
                     cause = exc.__cause__ if isinstance(exc, UserCodeError) else exc
                     output().line(f"{changed} changed, but the new source does not load ({_one_line(cause)}); "
@@ -58,13 +59,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _load(target: str, as_module: bool) -> tuple[Any, list[str]]:
+def load_app(target: str, as_module: bool, path_root: str | None = None) -> tuple[Any, list[str]]:
     """The app of the target, imported afresh (its own modules too), and the files to watch: the
     target's own and those of the modules it loaded from its directory."""
     from ._entrypoint import _apps, load_module
 
     ref, _, name = target.partition("::")
-    root = pathlib.Path(os.getcwd() if as_module else ref).resolve()
+    root = pathlib.Path(path_root or (os.getcwd() if as_module else ref)).resolve()
     root = root if as_module else root.parent
     for mod_name, mod in list(sys.modules.items()):  # so a changed helper module is read again
         file = getattr(mod, "__file__", None)
@@ -72,7 +73,7 @@ def _load(target: str, as_module: bool) -> tuple[Any, list[str]]:
             del sys.modules[mod_name]
     target_file = [] if as_module else [str(pathlib.Path(ref).resolve())]
     try:
-        module, _ = load_module(ref, as_module)
+        module, _ = load_module(ref, as_module, path_root)
     finally:
         files = dict.fromkeys([*target_file, *_sources(root)])
     apps = _apps(module)

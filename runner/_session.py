@@ -527,6 +527,13 @@ class Pool:
         self._start(starts)
         return due
 
+    def warm(self) -> bool | None:
+        """True once `min_containers` are ready; None if a start failed (nothing to wait for)."""
+        with self.lock:
+            if self.failures:
+                return None
+            return len([c for c in self.containers if not c.stopping]) >= self.opts.min_containers
+
     def close(self) -> list[Container]:
         with self.lock:
             failed = list(self.pending) + [d[2] for d in self.delayed]
@@ -732,22 +739,34 @@ class Session:
             self._wake.wait(max(0.0, nearest - time.monotonic()))
             self._wake.clear()
 
-    def serve_web(self, functions: list[tuple[str, Any, str]], port: int = 0) -> None:
-        """Put web functions ([(name, target, label)]) behind this run's front door, live at once."""
+    def serve_web(self, functions: list[tuple[str, Any, str]], port: int = 0, sock: Any = None,
+                  hold: bool = False) -> None:
+        """Put web functions ([(name, target, label)]) behind this run's front door, live at once
+        (`hold`: once `front_door.open()` is called); `sock`: a listening socket to serve on (a
+        deployed app's, handed over from its previous version)."""
         from ._frontdoor import FrontDoor
         from ._webpool import WebPool
 
         if not functions:
             return
         self._router = _WebRouter(self)
-        self.front_door = FrontDoor(self._router, port=port)
-        self.front_door.start()
+        self.front_door = FrontDoor(self._router, port=port, sock=sock)
+        self.front_door.start(serving=not hold)
         self.web_env = {WEB_URLS_ENV: json.dumps({name: f"{self.front_door.url}/{label}" for name, _, label in functions})}
         for name, target, label in functions:
             with self.lock:
                 pool = self.web_pools[label] = WebPool(self, target, label)
                 self.pools[("web", target.key)] = pool
             output().status(f"{name}: {self.front_door.url}/{label}")
+
+    def warm_up(self, targets: list[Any], timeout: float = START_TIMEOUT) -> None:
+        """Start the `min_containers` of these targets and of the web functions, and wait (up to
+        `timeout`) until they are ready: a deployed version takes over only once it is warm."""
+        pools = [self.pool(t) for t in targets if t.options.min_containers] + list(self.web_pools.values())
+        deadline = time.monotonic() + timeout
+        for pool in pools:
+            while time.monotonic() < deadline and not self.closed and pool.warm() is False:
+                time.sleep(0.05)
 
     def web_url(self, label: str) -> str | None:
         return f"{self.front_door.url}/{label}" if self.front_door is not None and label in self.web_pools else None

@@ -165,6 +165,13 @@ class WebPool:
             self.session.stop_container(c)
         return due
 
+    def warm(self) -> bool | None:
+        """True once `min_containers` are ready; None if a start failed (nothing to wait for)."""
+        with self.cond:
+            if self.failures:
+                return None
+            return len(self._live()) >= self.opts.min_containers
+
     def close(self) -> list[WebContainer]:
         with self.cond:
             containers = list(self.containers)

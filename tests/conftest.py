@@ -35,16 +35,27 @@ def _sweep_homes() -> None:
         pid = home.name.split("-")[1]
         if pid.isdigit() and not pid_alive(int(pid)):
             os.environ["RUNNER_HOME"] = str(home)
+            _stop_deployed_apps()
             from runner._store import stop_managed_server
 
             stop_managed_server()
             shutil.rmtree(home, ignore_errors=True)
 
 
+def _stop_deployed_apps() -> None:
+    """Apps a test deployed and did not stop (it failed midway): their daemons must not outlive the run."""
+    from runner._deploy import deployed_apps, stop
+
+    for name, state in deployed_apps().items():
+        if state["alive"]:
+            stop(name)
+
+
 def pytest_unconfigure(config):
     home = os.environ.get("RUNNER_HOME", "")
     if not os.path.basename(home).startswith("rh-"):
         return
+    _stop_deployed_apps()
     from runner._store import stop_managed_server
 
     stop_managed_server()

@@ -7,7 +7,7 @@ EXPECTED = {
     "App", "Apparatus", "Cls", "Error", "Function", "FunctionCall", "Image", "LocalEntrypoint", "Retries", "Secret",
     "__version__", "batched", "concurrent", "current_input_id", "enable_output", "enter", "exception", "exit",
     "is_local", "method", "parameter", "Volume", "volume", "Dict", "Queue", "Sandbox",
-    "asgi_app", "fastapi_endpoint", "web_endpoint", "web_server", "wsgi_app",
+    "asgi_app", "fastapi_endpoint", "web_endpoint", "web_server", "wsgi_app", "Cron", "Period",
 }
 
 

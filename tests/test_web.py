@@ -177,13 +177,86 @@ def test_bad_web_declarations(tmp_path):
         runner.web_server(0)
 
 
-def test_web_endpoints_on_class_methods_are_refused_not_ignored():
-    app = runner.App()
+def test_web_endpoints_on_class_methods(tmp_path, provider):
+    """A web endpoint on a method: the instance is made once per container (its @enter runs first),
+    fastapi_endpoint and asgi_app both work, and a plain method of the same class still answers."""
+    write(tmp_path, "clsweb.py", """
+        import json
+        import urllib.request
 
-    class Service:
-        @runner.fastapi_endpoint()
-        def hello(self):
-            return "hi"
+        import modal
 
-    with pytest.raises(runner.exception.InvalidError, match="Service.hello: web endpoints on @app.cls methods"):
-        app.cls(serialized=True)(Service)
+        app = modal.App("clsweb", image=modal.Image.debian_slim().pip_install("fastapi[standard]"))
+
+        @app.cls()
+        class Model:
+            @modal.enter()
+            def load(self):
+                self.weights = 42
+
+            @modal.fastapi_endpoint(method="POST")
+            def predict(self, x: int):
+                return {"y": x * self.weights}
+
+            @modal.asgi_app(label="model-api")
+            def api(self):
+                from fastapi import FastAPI
+
+                web = FastAPI()
+
+                @web.get("/weights")
+                def weights():
+                    return {"weights": self.weights}
+
+                return web
+
+            @modal.method()
+            def plain(self):
+                return self.weights
+
+        @app.local_entrypoint()
+        def main():
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            url = Model().predict.get_web_url()
+            print("url", url.rsplit("/", 1)[1], Model().api.get_web_url().rsplit("/", 1)[1])
+            req = urllib.request.Request(url + "?x=2", method="POST")
+            print("predict", json.loads(opener.open(req, timeout=120).read()))
+            print("api", json.loads(opener.open(Model().api.get_web_url() + "/weights", timeout=120).read()))
+            print("plain", Model().plain.remote())
+    """)
+    proc = run_cli(["run", "clsweb.py"], cwd=tmp_path, env={"RUNNER_PROVIDER": provider}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "url model-predict model-api" in proc.stdout
+    assert "predict {'y': 84}" in proc.stdout
+    assert "api {'weights': 42}" in proc.stdout
+    assert "plain 42" in proc.stdout
+
+
+def test_a_class_web_label_taken_by_a_function_is_refused():
+    app = runner.App("dup-labels")
+
+    @app.function(serialized=True)
+    @runner.fastapi_endpoint()
+    def model_predict():
+        return {}
+
+    with pytest.raises(runner.exception.InvalidError, match="both have the label 'model-predict'"):
+        @app.cls(serialized=True)
+        class Model:
+            @runner.fastapi_endpoint()
+            def predict(self):
+                return {}
+
+    other = runner.App("dup-labels-2")
+
+    @other.cls(serialized=True)
+    class Model2:
+        @runner.fastapi_endpoint(label="taken")
+        def predict(self):
+            return {}
+
+    with pytest.raises(runner.exception.InvalidError, match="web endpoints Model2.predict and f both have the label"):
+        @other.function(serialized=True)
+        @runner.fastapi_endpoint(label="taken")
+        def f():
+            return {}
