@@ -33,7 +33,7 @@ import cloudpickle
 
 from . import _protocol as P
 from ._aio import twin
-from ._function import Function, FunctionCall, _Invocable
+from ._function import Function, FunctionCall, _Discard, _Invocable
 from ._session import LOCAL_ERR, Input
 from .exception import ExecutionError, InvalidError, NotFoundError, OutputExpiredError, TimeoutError
 
@@ -60,7 +60,8 @@ class _Link:
         self.server, self.conn = server, conn
         self.inflight: dict[str, tuple[str, Input, Any]] = {}  # input id -> (client id, input, pool)
         self.by_cid: dict[str, Input] = {}
-        self.spawned: set[str] = set()
+        self.spawned: set[str] = set()  # recorded in calls/ for FunctionCall.from_id
+        self.detached: set[str] = set()  # spawned or spawn_map'ed: they go on when the client leaves
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.closed = False  # the Input sink protocol: deliveries are dropped once True
@@ -104,11 +105,13 @@ class _Link:
             return
         inputs = []
         with self.lock:
-            for (cid, method, kind, weight, index, spawn), blob in zip(items, blobs):
+            for (cid, method, kind, weight, index, how), blob in zip(items, blobs):
                 inp = Input(method, bytes(blob), self, index=index, kind=kind, weight=weight)
                 self.inflight[inp.id] = (cid, inp, pool)
                 self.by_cid[cid] = inp
-                if spawn:
+                if how:
+                    self.detached.add(cid)
+                if how == "spawn":
                     self.spawned.add(cid)
                     self.server.calls.pending(cid)
                 inputs.append(inp)
@@ -148,9 +151,11 @@ class _Link:
                             self.by_cid.pop(cid, None)
                     self.server.note_done()
                 blob = _dump_error(payload) if status == LOCAL_ERR else bytes(payload or b"")
-                if cid in self.spawned and _terminal(status):
-                    self.spawned.discard(cid)
-                    self.server.calls.finish(cid, status, blob, tb)
+                if _terminal(status):
+                    self.detached.discard(cid)
+                    if cid in self.spawned:
+                        self.server.calls.finish(cid, status, blob, tb)
+                        self.spawned.discard(cid)
                 records.append((cid, status, tb, pool.chunk_size() if pool is not None else 1))
                 blobs.append(blob)
             if records and not self.closed:
@@ -171,7 +176,7 @@ class _Link:
         """The client went away: what it was waiting for is cancelled, its spawned calls go on."""
         self.closed = True
         with self.lock:
-            entries = [e for e in self.inflight.values() if e[0] not in self.spawned]
+            entries = [e for e in self.inflight.values() if e[0] not in self.detached]
         for cid, inp, pool in entries:
             with contextlib.suppress(Exception):
                 pool.cancel(inp, soft=True)
@@ -179,7 +184,7 @@ class _Link:
         threading.Thread(target=self._finish, daemon=True).start()
 
     def _finish(self) -> None:
-        while self.spawned:
+        while self.detached:
             time.sleep(0.05)
         with self.lock:
             self.inflight.clear()
@@ -194,6 +199,7 @@ class ControlServer:
     def __init__(self, daemon: Any, app: Any, path: str):
         self.daemon, self.app, self.path = daemon, app, path
         self.calls = CallStore(daemon.name)
+        self.calls.sweep()
         self.links: set[_Link] = set()
         self.lock = threading.Lock()
         self.pools: dict[Any, Any] = {}
@@ -308,15 +314,14 @@ class CallStore:
 
 def find_call(call_id: str) -> FunctionCall | None:
     """A spawned call of a deployed app, by id, from any process."""
-    from ._deploy import deployed_apps
     from ._home import subdir
 
     if not call_id.startswith("fc-") or not call_id[3:].replace("-", "").isalnum():
         return None
-    for name in deployed_apps() or [d.name for d in subdir("apps").iterdir()]:
-        calls = subdir("apps") / name / "calls"
+    for app in subdir("apps").iterdir():  # deployed now or not: a stopped app's results stay a day
+        calls = app / "calls"
         if (calls / f"{call_id}.result").exists() or (calls / f"{call_id}.pending").exists():
-            return StoredCall(call_id, name, calls)
+            return StoredCall(call_id, app.name, calls)
     return None
 
 
@@ -413,10 +418,12 @@ class _Channel:
         threading.Thread(target=self._read, args=(conn_id, conn), name="runner-deployed", daemon=True).start()
         return conn_id, conn
 
-    def submit(self, target: dict, inputs: list[Input], spawn: bool = False) -> None:
+    def submit(self, target: dict, inputs: list[Input]) -> None:
         items, blobs = [], []
         for inp in inputs:
-            items.append((inp.id, inp.method, inp.kind, inp.weight, inp.index, spawn))
+            # Spawned calls are recorded for from_id; they and spawn_map inputs outlive this process.
+            how = "spawn" if isinstance(inp.sink, FunctionCall) else "detach" if isinstance(inp.sink, _Discard) else ""
+            items.append((inp.id, inp.method, inp.kind, inp.weight, inp.index, how))
             blobs.append(inp.blob)
         with self.lock:
             if self.conn is None:
@@ -509,11 +516,10 @@ class RemotePool:
         self.session = _RemoteSession()
 
     def submit(self, inputs: list[Input]) -> None:
-        spawn = any(isinstance(inp.sink, FunctionCall) for inp in inputs)
         for inp in inputs:
             if isinstance(inp.sink, FunctionCall):
                 inp.id = inp.sink.object_id  # the daemon records it by this id, for from_id anywhere
-        self.channel.submit(self.target, inputs, spawn=spawn)
+        self.channel.submit(self.target, inputs)
 
     def cancel(self, inp: Input, soft: bool = False) -> None:
         self.channel.cancel(inp, soft)

@@ -44,6 +44,12 @@ APP = """
         raise ValueError("broken on purpose")
 
     @app.function()
+    def mark(directory: str, i: int) -> None:
+        import os
+        time.sleep(0.5)
+        open(os.path.join(directory, str(i)), "w").close()
+
+    @app.function()
     def shout(word: str) -> str:
         print("shouting", word)
         return word.upper()
@@ -267,6 +273,32 @@ def test_redeploy_keeps_the_url_and_drops_nothing_accepted(tmp_path, provider, d
     assert json.loads(_get(url)) == {"version": "v2"}
 
 
+def test_spawned_work_outlives_the_client_and_the_app_run(tmp_path, deployed):
+    """spawn_map inputs and spawned calls go on when their client exits at once; a spawned call's
+    result can still be read by id after the app is stopped."""
+    name = "detached"
+    deployed.append(name)
+    _app(tmp_path, name)
+    assert _deploy(tmp_path, "app.py", provider="embedded").returncode == 0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client = _client(tmp_path, f"""
+        modal.Function.from_name("{name}", "mark").spawn_map([{str(marks)!r}] * 5, range(5))
+        print("spawned", modal.Function.from_name("{name}", "slow").spawn(1.0).object_id)
+    """, "embedded")  # exits right away, while the inputs run
+    assert client.returncode == 0, client.stderr
+    call_id = client.stdout.split()[-1]
+    getter = _client(tmp_path, f"print('got', modal.FunctionCall.from_id({call_id!r}).get(timeout=60))", "embedded")
+    assert "got v1" in getter.stdout, getter.stderr
+    deadline = time.monotonic() + 30
+    while len(list(marks.iterdir())) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(p.name for p in marks.iterdir()) == ["0", "1", "2", "3", "4"]
+    assert run_cli(["app", "stop", name], cwd=tmp_path).returncode == 0
+    later = _client(tmp_path, f"print('still', modal.FunctionCall.from_id({call_id!r}).get())", "embedded")
+    assert "still v1" in later.stdout, later.stderr
+
+
 def test_racing_deploys_leave_one_version_running(tmp_path, deployed):
     name = "race"
     deployed.append(name)
@@ -419,7 +451,7 @@ def test_lookups_of_unknown_names(tmp_path, deployed):
     lines = [line for line in client.stdout.splitlines() if line.startswith(("NotFound:", "Invalid:"))]
     assert lines[0].startswith(f"NotFound: no deployed app named 'nope'") and name in lines[0]
     assert lines[1] == (f"NotFound: deployed app {name!r} has no function 'nope' (its functions: square, slow, "
-                        "count, fails, shout); it has classes Greeter (use Cls.from_name)")
+                        "count, fails, mark, shout); it has classes Greeter (use Cls.from_name)")
     assert lines[2] == f"NotFound: deployed app {name!r} has no class 'Nope' (its classes: Greeter)"
     assert lines[3].startswith(f"NotFound: deployed app {name!r} has no function 'Greeter'")
     assert lines[4].startswith("NotFound: no function call 'fc-0123456789abcdef0123'")
