@@ -1,0 +1,96 @@
+"""KEDA objects (keda.sh/v1alpha1) that scale a worker Deployment on its queue.
+
+One input stream per function (`stream`, default `runner:APP:FUNCTION:inputs`) read by one
+consumer group (default `workers`). The ScaledObject has two redis-streams triggers on it:
+
+- `lagCount`: entries added but not yet delivered to the group (XINFO GROUPS lag, Redis 7+). This
+  is the only redis-streams metric that moves while no worker runs, so it is what wakes the
+  Deployment from zero. A trigger on pending entries alone never would: pending entries exist only
+  once a worker has read them (the mistake of a trigger that counts its own pods).
+- `pendingEntriesCount`: entries delivered but not acknowledged, i.e. inputs in progress, so the
+  workers running long inputs are not scaled away when the backlog is empty.
+
+Each targets 1 per replica (one input at a time per container); KEDA scales to the larger of the
+two. minReplicaCount = min_containers, maxReplicaCount = max_containers (KEDA's own default, 100,
+when unset), cooldownPeriod = scaledown_window (the wait before 1 -> 0), and the HPA's scale-down
+stabilization window is the same scaledown_window (capped at the HPA's 3600 s), so N -> M waits as
+long as 1 -> 0 does. The queue's address comes from the stack's `queue_endpoint`
+(redis://HOST:PORT/DB); its password from the stack's queue Secret through a TriggerAuthentication
+(`secretTargetRef`), never in the ScaledObject.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from typing import Any
+
+from .._stack import StackOutputs
+from ..exception import InvalidError
+from ._meta import labels
+from ._pod import Workload
+
+__all__ = ["KEDA_DEFAULT_MAX", "consumer_group", "scaled_object", "stream_name", "trigger_authentication"]
+
+KEDA_DEFAULT_MAX = 100
+HPA_MAX_WINDOW = 3600
+
+
+def stream_name(w: Workload) -> str:
+    """The function's input stream (a contract with the queue plane)."""
+    return f"runner:{w.app}:{w.function}:inputs"
+
+
+def consumer_group(w: Workload) -> str:
+    return "workers"
+
+
+def _address(stack: StackOutputs) -> tuple[str, str, bool]:
+    url = urllib.parse.urlsplit(stack.queue_endpoint)
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise InvalidError(f"queue_endpoint {stack.queue_endpoint!r} is not a redis://HOST:PORT/DB URL")
+    db = url.path.strip("/") or "0"
+    return f"{url.hostname}:{url.port or 6379}", db, url.scheme == "rediss"
+
+
+def trigger_authentication(stack: StackOutputs, w: Workload) -> dict[str, Any]:
+    """The TriggerAuthentication giving KEDA the queue password from the stack's queue Secret."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": w.name, "namespace": stack.namespace,
+                     "labels": labels(w.app, w.function, w.run_id, "worker")},
+        "spec": {"secretTargetRef": [{"parameter": "password", "name": stack.queue_secret_name, "key": "password"}]},
+    }
+
+
+def scaled_object(stack: StackOutputs, w: Workload, *, polling_interval: int = 5) -> dict[str, Any]:
+    """The ScaledObject scaling `deployment(stack, w)` on its input stream; see the module docstring."""
+    address, db, tls = _address(stack)
+    opts = w.options
+    window = max(0, math.ceil(opts.scaledown_window))
+    common = {"address": address, "databaseIndex": db, "stream": stream_name(w), "consumerGroup": consumer_group(w)}
+    if tls:
+        common["enableTLS"] = "true"
+    triggers = [
+        {"type": "redis-streams", "name": "backlog", "authenticationRef": {"name": w.name},
+         "metadata": {**common, "lagCount": "1", "activationLagCount": "0"}},
+        {"type": "redis-streams", "name": "in-progress", "authenticationRef": {"name": w.name},
+         "metadata": {**common, "pendingEntriesCount": "1"}},
+    ]
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": w.name, "namespace": stack.namespace,
+                     "labels": labels(w.app, w.function, w.run_id, "worker")},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name},
+            "minReplicaCount": opts.min_containers,
+            "maxReplicaCount": opts.max_containers if opts.max_containers is not None else KEDA_DEFAULT_MAX,
+            "cooldownPeriod": window,
+            "pollingInterval": polling_interval,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": min(window, HPA_MAX_WINDOW)}}}},
+            "triggers": triggers,
+        },
+    }
