@@ -56,6 +56,7 @@ SNAPSHOT_LIMIT = 5000  # Python files copied at most
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 DRAIN_GRACE = 30.0  # beyond the longest function timeout, how long a retiring version may take
 STOP_TIMEOUT = 60.0
+LOG_LIMIT = 16 * 1024 * 1024  # app.log is rotated at a deploy once it is larger
 
 
 # ---- state on disk ----------------------------------------------------------------------------
@@ -173,6 +174,9 @@ def deploy(target: str, as_module: bool, name: str | None, port: int | None) -> 
     with _deploy_lock(name, wait_note=f"waiting for another deploy of {name!r} to finish"):
         source = snapshot_source(target, as_module, directory)
         log_path = directory / "app.log"
+        with contextlib.suppress(OSError):
+            if log_path.stat().st_size > LOG_LIMIT:  # one older log is kept, as app.log.1
+                os.replace(log_path, directory / "app.log.1")
         log = open(log_path, "ab")
         start = log.tell()
         read_fd, write_fd = os.pipe()
@@ -276,6 +280,14 @@ def _copy_new(log) -> None:
 
 
 def stop(name: str) -> None:
+    """Stop the running version (after any deploy of the name under way, so none outlives the stop)."""
+    if not (app_dir(name, create=False)).is_dir():
+        raise unknown_app(name)
+    with _deploy_lock(name, wait_note=f"waiting for a deploy of {name!r} to finish before stopping it"):
+        _stop(name)
+
+
+def _stop(name: str) -> None:
     state = read_state(name)
     if state is None:
         if (app_dir(name, create=False) / "state.json").exists():
