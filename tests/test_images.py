@@ -133,3 +133,29 @@ def test_unsupported_bases_say_so_clearly():
         runner.Image.debian_slim().micromamba_install("numpy")
     with pytest.raises(InvalidError, match="add_python"):
         runner.Image.from_registry("ubuntu:22.04", add_python="3.11")
+
+
+def test_built_images_declare_no_volumes_and_leave_none_behind(docker_provider):
+    """A build step's read-only inputs are bind mounts, not image volumes: the image declares
+    none, so its containers make no anonymous volume, and nothing is left once they are gone."""
+    import uuid
+
+    import docker
+
+    client = docker.from_env()
+    marker = uuid.uuid4().hex
+    image = runner.Image.debian_slim().run_commands(f"echo {marker} > /marker")
+    app = runner.App("no-volumes", image=image)
+
+    @app.function(serialized=True)
+    def read() -> str:
+        return open("/marker").read().strip()
+
+    before = {v.id for v in client.volumes.list()}
+    with app.run(provider="docker"):
+        assert read.remote() == marker
+        tag = app._session.prepare(image)
+    config = client.images.get(tag).attrs["Config"]
+    assert not config.get("Volumes"), config.get("Volumes")
+    assert {v.id for v in client.volumes.list()} - before == set()
+    client.close()

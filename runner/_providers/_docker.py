@@ -91,7 +91,7 @@ class DockerProvider(Provider):
             owner_host, _, pid = c.labels.get(f"{LABEL}.owner", "").rpartition(":")
             if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 try:
-                    c.remove(force=True)
+                    c.remove(force=True, v=True)
                 except Exception:  # noqa: BLE001
                     pass
 
@@ -178,7 +178,10 @@ class DockerProvider(Provider):
             shell = list(config.get("Shell") or ["/bin/sh", "-c"])
             command = [*shell, f"set -e\n{prologue}{script}"] if script else ["/bin/true"]
             container = self.client.containers.create(
-                prev, entrypoint=[], command=command, volumes=volumes if script else {},
+                # Bind mounts as `mounts`, not `volumes`: docker-py turns `volumes` into the container's
+                # Config.Volumes, which `commit` would keep, so every container of the image would get an
+                # anonymous volume at the mount point, left behind when the container is removed.
+                prev, entrypoint=[], command=command, mounts=_bind_mounts(volumes) if script else [],
                 working_dir=config.get("WorkingDir") or None, user=config.get("User") or "",
                 labels={f"{LABEL}.build": tag, f"{LABEL}.owner": self.owner},
             )
@@ -204,7 +207,7 @@ class DockerProvider(Provider):
                 repo, _, version = tag.partition(":")
                 container.commit(repository=repo, tag=version, conf=conf)
             finally:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
         return tag
 
     @contextlib.contextmanager
@@ -332,7 +335,7 @@ class DockerProvider(Provider):
         try:
             return wait_interactive(subprocess.Popen([exe, "start", "--attach", "--interactive", container.id]))
         finally:
-            container.remove(force=True)
+            container.remove(force=True, v=True)
 
     def _follow(self, handle: _Handle) -> None:
         """Stream the container's output to ours until it exits, then note how it ended."""
@@ -384,7 +387,7 @@ class DockerProvider(Provider):
         import docker.errors
 
         try:
-            handle.container.remove(force=True)
+            handle.container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -478,7 +481,7 @@ class DockerProvider(Provider):
         if not handle.get("container"):
             return
         try:
-            self.client.api.remove_container(handle["container"], force=True)
+            self.client.api.remove_container(handle["container"], force=True, v=True)
             return
         except docker.errors.NotFound:
             return
@@ -559,3 +562,11 @@ def _config_value(field: str, value):
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def _bind_mounts(volumes: dict) -> list:
+    """docker-py's `{host: {"bind": path, "mode": "ro"}}` as bind Mounts."""
+    from docker.types import Mount
+
+    return [Mount(target=spec["bind"], source=host, type="bind", read_only=spec.get("mode") == "ro")
+            for host, spec in volumes.items()]
