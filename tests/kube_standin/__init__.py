@@ -1,0 +1,222 @@
+"""A Kubernetes API stand-in on loopback that runs Pods as Docker containers (a test fixture).
+
+    with KubeStandin() as kube:                      # or the `kube_standin` / `kube_api` fixtures
+        core = kubernetes.client.CoreV1Api(kube.api_client())
+        config.load_kube_config(kube.kubeconfig)     # for code that reads a kubeconfig
+
+It serves the REST API over plain HTTP on 127.0.0.1 (a free port) to the official `kubernetes`
+client: core/v1 Pods, Secrets, ConfigMaps, Services, ServiceAccounts, PVCs, Events, Namespaces,
+Nodes; apps/v1 Deployments, ReplicaSets, StatefulSets; batch/v1 Jobs, CronJobs;
+networking.k8s.io/v1 NetworkPolicies, Ingresses; policy/v1 PDBs; keda.sh/v1alpha1 ScaledObjects,
+ScaledJobs, (Cluster)TriggerAuthentications; http.keda.sh HTTPScaledObjects.
+
+The layout follows the cluster's parts: `_store` is the API server's storage (versions, watches,
+deletion, GC) with `_types`, `_selectors`, `_patches` and `_validation` beside it; `_pods` is the
+kubelet (a pod is a pause container plus one Docker container per container) and `_podrefs` what
+it resolves from the spec (env, Secret and ConfigMap files, pull credentials); `_controllers` the
+Deployment/ReplicaSet/Job controllers; `_server` the HTTP and WebSocket face. docs/kubernetes.md,
+"The API stand-in", lists what it does and does not do.
+
+Why not kmock: it is a good fake for request/response assertions, but it keeps no
+resourceVersions, uids, label selection or GC, and has no WebSocket exec; the behaviour a
+provider depends on would all have been overrides, so the stand-in is plain aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import docker
+import pytest
+import yaml
+from aiohttp import web
+
+from ._controllers import Controllers
+from ._pods import LABEL, PodRunner, remove_labelled
+from ._server import make_app
+from ._store import ApiError, Store
+
+__all__ = ["IMAGE", "LABEL", "ApiError", "KubeStandin", "kube_api", "kube_standin", "sweep_stale"]
+
+IMAGE = "python:3.11-slim-bookworm"
+_counter = iter(range(1, 10**9))
+
+
+class KubeStandin:
+    """One stand-in API server. start() returns self; stop() removes every container and volume it made."""
+
+    def __init__(self, namespaces: tuple[str, ...] = ("default", "kube-system", "runner"),
+                 node_labels: dict[str, str] | None = None, node_resources: dict[str, str] | None = None,
+                 token: str | None = None, pause_image: str = IMAGE, namespace: str = "runner"):
+        self.instance = f"{os.getpid()}-{next(_counter)}"
+        self.namespace, self.token = namespace, token
+        self.docker = docker.from_env()
+        self.store = Store(namespaces)
+        info = self.docker.info()
+        self.node = self.store.create(self.store.resource("", "nodes"), "", {
+            "metadata": {"name": "kube-standin", "labels": {
+                "kubernetes.io/hostname": "kube-standin", "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "docker"} | (node_labels or {})},
+            "spec": {}})
+        resources = {"cpu": str(info.get("NCPU", 1)), "memory": f"{info.get('MemTotal', 2**30) // 1024}Ki",
+                     "pods": "110", "ephemeral-storage": "100Gi"} | (node_resources or {})
+        self.node = self.store.update_status(self.store.resource("", "nodes"), "", "kube-standin", {
+            "capacity": resources, "allocatable": resources,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            "nodeInfo": {"containerRuntimeVersion": f"docker://{info.get('ServerVersion', '')}",
+                         "kubeletVersion": "v1.31.0-kube-standin", "operatingSystem": "linux",
+                         "architecture": "amd64"}})
+        self.runner = PodRunner(self.store, self.instance, self.node, self.docker, pause_image)
+        self.controllers = Controllers(self.store)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: list = []
+        self._dir = tempfile.mkdtemp(prefix="kube-standin-")
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> KubeStandin:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                self._http = web.AppRunner(make_app(self.store, self.runner, self.token), shutdown_timeout=1.0,
+                                           handle_signals=False, access_log=None)
+                loop.run_until_complete(self._http.setup())
+                site = web.TCPSite(self._http, "127.0.0.1", 0)
+                loop.run_until_complete(site.start())
+                self.port = site._server.sockets[0].getsockname()[1]
+            except BaseException as e:
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._http.cleanup())
+            pending = asyncio.all_tasks(loop)  # watches and log follows whose clients went quiet
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="kube-standin-http", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        self.controllers.start()
+        return self
+
+    def stop(self) -> None:
+        self.controllers.stop()
+        self.runner.shutdown()
+        for client in self._clients:
+            client.close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for path in pathlib.Path(self._dir).glob("*"):
+            path.unlink()
+        os.rmdir(self._dir)
+
+    def __enter__(self) -> KubeStandin:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # clients
+
+    def configuration(self):
+        import kubernetes.client
+
+        config = kubernetes.client.Configuration()
+        config.host = self.url
+        if self.token:
+            config.api_key = {"authorization": f"Bearer {self.token}"}
+        return config
+
+    def api_client(self):
+        """A fresh kubernetes.client.ApiClient for this server (closed by stop())."""
+        import kubernetes.client
+
+        client = kubernetes.client.ApiClient(self.configuration())
+        self._clients.append(client)
+        return client
+
+    @property
+    def kubeconfig(self) -> str:
+        """A kubeconfig file whose current context points here, with namespace `runner`."""
+        path = pathlib.Path(self._dir, "kubeconfig")
+        if not path.exists():
+            user = {"token": self.token} if self.token else {}
+            path.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "kube-standin", "preferences": {},
+                "clusters": [{"name": "kube-standin", "cluster": {"server": self.url}}],
+                "users": [{"name": "kube-standin", "user": user}],
+                "contexts": [{"name": "kube-standin", "context": {"cluster": "kube-standin",
+                                                                  "user": "kube-standin",
+                                                                  "namespace": self.namespace}}]}))
+        return str(path)
+
+    def containers(self, all: bool = True) -> list:
+        """This instance's Docker containers (pause containers included), for tests that look underneath."""
+        return self.docker.containers.list(all=all, filters={"label": f"{LABEL}={self.instance}"})
+
+
+def sweep_stale(client: docker.DockerClient | None = None) -> None:
+    """Removes the containers and volumes of stand-ins whose test process died without stopping them."""
+    client = client or docker.from_env()
+    owners = {c.labels.get(LABEL, "") for c in client.containers.list(all=True, filters={"label": LABEL})}
+    owners |= {(v.attrs.get("Labels") or {}).get(LABEL, "") for v in client.volumes.list(filters={"label": LABEL})}
+    for owner in owners:
+        pid = owner.split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove_labelled(client, f"{LABEL}={owner}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _require_docker() -> None:
+    from conftest import require_docker  # tests/conftest.py: skip without a daemon, fail under CI=true
+
+    require_docker()
+
+
+@pytest.fixture
+def kube_standin() -> Iterator[KubeStandin]:
+    """A started stand-in; everything it created in Docker is gone after the test."""
+    _require_docker()
+    sweep_stale()
+    standin = KubeStandin().start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture
+def kube_api(kube_standin: KubeStandin):
+    """A kubernetes.client.ApiClient configured for the stand-in."""
+    return kube_standin.api_client()
