@@ -25,11 +25,9 @@ import asyncio
 import collections.abc
 import contextvars
 import dataclasses
-import difflib
 import enum
 import json
 import logging
-import os
 import pathlib
 import sys
 import threading
@@ -38,7 +36,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pulumi
-import yaml
+
+import golden_files
 from pulumi.runtime import mocks as _mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
@@ -398,17 +397,5 @@ def validate_manifest(manifest: dict[str, Any], version: str = K8S_VERSION) -> N
 
 
 def assert_golden(name: str, obj: Any) -> None:
-    """Compare `obj` as YAML (a list: one document each) with tests/golden/infra/<name>.yaml;
-    RUNNER_UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = GOLDEN / f"{name}.yaml"
-    docs = obj if isinstance(obj, list) else [obj]
-    text = yaml.safe_dump_all(docs, sort_keys=True, default_flow_style=False, width=100)
-    if os.environ.get("RUNNER_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    rel = path.relative_to(ROOT)
-    assert path.exists(), f"no golden file {rel}; run with RUNNER_UPDATE_GOLDEN=1 to write it"
-    expected = path.read_text()
-    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(rel), "actual"))
-    assert text == expected, f"{name} differs from {rel} (RUNNER_UPDATE_GOLDEN=1 rewrites it after review):\n{diff}"
+    """Compare `obj` as YAML with tests/golden/infra/<name>.yaml (see golden_files)."""
+    golden_files.assert_golden(GOLDEN, name, obj)

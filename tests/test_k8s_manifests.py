@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-import difflib
 import json
 import os
 import pathlib
@@ -28,6 +27,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+import golden_files
 
 from runner import Cron, Period, Retries, Secret, Volume
 from runner._k8s import (
@@ -203,18 +204,7 @@ def validate(manifest: dict) -> None:
 
 
 def assert_golden(name: str, docs: list[dict]) -> None:
-    path = GOLDEN / f"{name}.yaml"
-    text = yaml.safe_dump_all(docs, sort_keys=True, default_flow_style=False, width=100)
-    assert not re.search(r"&id\d+", text), f"{name}: rendered objects share sub-dicts (YAML anchors)"
-    if os.environ.get("RUNNER_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    rel = path.relative_to(ROOT)
-    assert path.exists(), f"no golden file {rel}; run with RUNNER_UPDATE_GOLDEN=1 to write it"
-    expected = path.read_text()
-    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(rel), "actual"))
-    assert text == expected, f"{name} differs from {rel} (RUNNER_UPDATE_GOLDEN=1 rewrites it after review):\n{diff}"
+    golden_files.assert_golden(GOLDEN, name, docs)
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:

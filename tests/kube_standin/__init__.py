@@ -34,6 +34,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 import yaml
+
+from runner._context import pid_alive
 from aiohttp import web
 
 from ._controllers import Controllers
@@ -184,17 +186,10 @@ def sweep_stale(client: docker.DockerClient | None = None) -> None:
     owners |= {(v.attrs.get("Labels") or {}).get(LABEL, "") for v in client.volumes.list(filters={"label": LABEL})}
     for owner in owners:
         pid = owner.split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             remove_labelled(client, f"{LABEL}={owner}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
