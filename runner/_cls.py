@@ -185,14 +185,11 @@ class WebMethod:
         self._cls, self._method = cls, name
 
     def get_web_url(self) -> str | None:
-        import json
-        import os
-
         from ._context import is_local
-        from ._session import WEB_URLS_ENV
+        from ._function import container_web_url
 
         if not is_local():
-            return json.loads(os.environ.get(WEB_URLS_ENV) or "{}").get(f"{self._cls.__name__}.{self._method}")
+            return container_web_url(f"{self._cls.__name__}.{self._method}")
         session = self._cls._app_ref._session if self._cls._app_ref is not None else None
         return session.web_url(self._cls._web_label(self._method)) if session is not None else None
 

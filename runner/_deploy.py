@@ -411,6 +411,8 @@ class _Daemon:
     def _state(self, app: Any, old: dict | None, control_path: str) -> dict:
         import secrets
 
+        from ._function import is_generator
+
         session = app._session
         door = session.front_door
         functions, classes = {}, {}
@@ -419,7 +421,7 @@ class _Daemon:
             functions[fname] = {"gen": f._is_gen(), "web": f._web_label() is not None,
                                 "schedule": schedule.describe() if schedule is not None else None}
         for cname, c in app._classes.items():
-            classes[cname] = {"methods": {m: {"gen": _is_gen(raw)} for m, raw in c._methods.items()},
+            classes[cname] = {"methods": {m: {"gen": is_generator(raw)} for m, raw in c._methods.items()},
                               "params": list(c._params)}
         return {
             "name": self.name, "id": (old or {}).get("id") or f"ap-{secrets.token_hex(6)}",
@@ -457,29 +459,35 @@ def _is_runner_error(exc: BaseException) -> bool:
     return isinstance(exc, Error)
 
 
-def _is_gen(raw: Any) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
-
-
 def _options(app: Any) -> list[Any]:
     """The options of every function and class of the app."""
     return [f._options for f in app._functions.values()] + [c._options for c in app._classes.values()]
+
+
+def _control(old: dict, op: str) -> Any:
+    """A connection to the running version's control socket, with `op` sent on it."""
+    from . import _protocol as P
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(HANDOVER_TIMEOUT)
+    try:
+        sock.connect(old["control"])
+        conn = P.Connection(sock)
+        conn.send({"op": op})
+    except BaseException:
+        sock.close()
+        raise
+    return conn
 
 
 def _request_socket(old: dict) -> socket.socket | None:
     """Ask the running version for its front door's listening socket."""
     from . import _protocol as P
 
-    path = old.get("control")
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(HANDOVER_TIMEOUT)
-        sock.connect(path)
-        P.Connection(sock).send({"op": "handover"})
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-        sock.close()
+        conn = _control(old, "handover")
+        _, fds, _, _ = socket.recv_fds(conn.sock, 16, 1)
+        conn.close()
     except (OSError, P.ConnectionClosed) as exc:
         raise ExecutionError(f"the running version of {old['name']!r} (pid {old.get('pid')}) does not hand over its "
                              f"port ({exc}); stop it with `runner app stop {old['name']}`, then deploy again") from None
@@ -492,11 +500,7 @@ def _tell_retire(old: dict) -> None:
     from . import _protocol as P
 
     with contextlib.suppress(OSError, P.ConnectionClosed):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(HANDOVER_TIMEOUT)
-        sock.connect(old["control"])
-        conn = P.Connection(sock)
-        conn.send({"op": "retire"})
+        conn = _control(old, "retire")
         conn.recv()
         conn.close()
 

@@ -394,7 +394,8 @@ class _Channel:
     def __init__(self, app_name: str):
         self.app_name = app_name
         self.lock = threading.Lock()
-        self.conn: P.Connection | None = None
+        self.conn: P.Connection | None = None  # where new inputs go: the current version's
+        self.conns: dict[str, P.Connection] = {}  # connection id -> connection, retired ones too
         self.inflight: dict[str, dict[str, Input]] = {}  # connection id -> client id -> input
         self.conn_id = ""
         self.chunk = 1
@@ -415,6 +416,7 @@ class _Channel:
         conn = P.Connection(sock)
         conn_id = secrets.token_hex(4)
         self.inflight[conn_id] = {}
+        self.conns[conn_id] = conn
         threading.Thread(target=self._read, args=(conn_id, conn), name="runner-deployed", daemon=True).start()
         return conn_id, conn
 
@@ -437,11 +439,12 @@ class _Channel:
             pass  # the reader fails these inputs
 
     def cancel(self, inp: Input, soft: bool) -> None:
+        """Cancel on the connection that carried the input (a retired version runs it to the end)."""
         with self.lock:
-            found = [(cid, self.conn) for cid, live in self.inflight.items() if inp.id in live]
-        if found and found[0][1] is not None:
+            conn = next((self.conns[cid] for cid, live in self.inflight.items() if inp.id in live), None)
+        if conn is not None:
             with contextlib.suppress(P.ConnectionClosed):
-                found[0][1].send({"op": "cancel", "cid": inp.id, "soft": soft})
+                conn.send({"op": "cancel", "cid": inp.id, "soft": soft})
 
     def _read(self, conn_id: str, conn: P.Connection) -> None:
         retired = False
@@ -474,6 +477,7 @@ class _Channel:
                 if self.conn is conn:
                     self.conn = None
                 lost = self.inflight.pop(conn_id, {})
+                self.conns.pop(conn_id, None)
             conn.close()
             for inp in lost.values():
                 inp.sink.deliver(inp, LOCAL_ERR, ExecutionError(

@@ -249,6 +249,16 @@ def _arg_tuples(iterables: tuple, starmap: bool) -> Iterator[tuple]:
     return zip(*iterables)
 
 
+def is_generator(fn: Any) -> bool:
+    """A generator function, sync or async: called with .remote_gen(), not .remote()."""
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def container_web_url(name: str) -> str | None:
+    """Inside a container: the URL of the run's web endpoint `name` ("fn" or "Cls.method")."""
+    return json.loads(os.environ.get(WEB_URLS_ENV) or "{}").get(name)
+
+
 class _Invocable:
     """The call API, shared by functions and methods of class instances."""
 
@@ -266,7 +276,7 @@ class _Invocable:
         return self._app()._require_session(self._name).pool(self._target())
 
     def _is_gen(self) -> bool:
-        return inspect.isgeneratorfunction(self._raw) or inspect.isasyncgenfunction(self._raw)
+        return is_generator(self._raw)
 
     def _check(self, gen: bool, how: str) -> None:
         if gen and not self._is_gen():
@@ -547,7 +557,7 @@ class Function(_Invocable):
             raise InvalidError(f"{self._name} is not a web function: decorate it with @fastapi_endpoint(), "
                                "@asgi_app(), @wsgi_app() or @web_server(port)")
         if not is_local():
-            return json.loads(os.environ.get(WEB_URLS_ENV) or "{}").get(self._name)
+            return container_web_url(self._name)
         session = self._app_ref._session if self._app_ref is not None else None
         return session.web_url(label) if session is not None else None
 

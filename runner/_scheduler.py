@@ -46,7 +46,7 @@ class Scheduler:
                 continue
             fn, schedule = next((f, s) for n, f, s in self.jobs if n == name)
             at = due[name]
-            due[name] = schedule.next_after(max(at, _utcnow()) if not _is_period(schedule) else at)
+            due[name] = schedule.next_after(at)  # a Period counts from the last time, not from now
             if due[name] <= _utcnow():  # fell behind (a suspended machine): skip missed runs
                 due[name] = schedule.next_after(_utcnow())
             threading.Thread(target=self._run, args=(name, fn, at), daemon=True).start()
@@ -62,12 +62,6 @@ class Scheduler:
             self.log(f"schedule: {name} run of {when} failed: {type(exc).__name__}: {first}{notes}")
             return
         self.log(f"schedule: {name} run of {when} succeeded")
-
-
-def _is_period(schedule: Any) -> bool:
-    from ._schedule import Period
-
-    return isinstance(schedule, Period)
 
 
 def _utcnow() -> datetime.datetime:

@@ -100,6 +100,16 @@ def untag(match) -> None:
         c.close()
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a server a test started, and kill it if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
@@ -146,12 +156,7 @@ def serve_registry(root, extra_config: str = "", ready_status: int = 200):
             time.sleep(0.2)
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         http.close()
         untag(lambda tag: tag.startswith(address + "/"))  # tags naming a registry that is gone now
 

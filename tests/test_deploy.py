@@ -491,3 +491,23 @@ def test_deploy_bad_inputs(tmp_path):
             pass
     """)
     assert_one_line_error(run_cli(["deploy", "bad_cron.py"], cwd=tmp_path), "minute field value 61")
+
+
+def test_cancel_reaches_the_version_running_the_call(tmp_path, deployed):
+    """A call started before a redeploy is cancelled in the old version, which is running it."""
+    name = "cancelled"
+    deployed.append(name)
+    _app(tmp_path, name)
+    assert _deploy(tmp_path, "app.py", provider="embedded").returncode == 0
+    from runner import Function
+    from runner.exception import InputCancellation
+
+    call = Function.from_name(name, "slow").spawn(60.0)
+    time.sleep(1.0)  # running in v1
+    _app(tmp_path, name, "v2")
+    assert _deploy(tmp_path, "app.py", provider="embedded").returncode == 0
+    began = time.monotonic()
+    call.cancel()
+    with pytest.raises(InputCancellation):
+        call.get(timeout=30)
+    assert time.monotonic() - began < 30

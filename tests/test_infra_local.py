@@ -12,6 +12,7 @@ import time
 
 import pulumi
 import pytest
+from helpers import stop_process
 from infra_harness import ROOT, assert_golden, run
 
 import infra.local as local
@@ -267,5 +268,4 @@ def test_generated_redis_config_requires_the_password_on_the_socket(tmp_path):
         assert client.ping() and client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.config_get("port") == {"port": "0"}
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_process(server)

@@ -24,6 +24,7 @@ import uuid
 import pytest
 import redis
 from conftest import require_docker
+from helpers import stop_process
 
 import runner
 from runner._plane import docker_worker_args, find_call, start_local_worker, through_queue
@@ -111,11 +112,7 @@ def redis_server():
             time.sleep(0.02)
         yield {"url": f"unix://{sock}?db=0", "sock": sock, "dir": pathlib.Path(d)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -264,9 +261,4 @@ def test_timeout_and_cancel_on_a_local_worker(redis_server):
     finally:
         if q is not None:
             q._queue_pool.close()
-        worker.terminate()
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, 15)

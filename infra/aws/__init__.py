@@ -9,7 +9,7 @@ carries no annotation; the NVIDIA device plugin is installed because EKS does no
 
 from __future__ import annotations
 
-from infra.common import PlatformArgs, RunnerPlatform, export_contract
+from infra.common import PlatformArgs, RunnerPlatform, export_cluster
 from infra.common.manifests import GPU_NODE_LABEL_KEYS
 
 from .cluster import AwsCluster
@@ -27,11 +27,4 @@ def program() -> None:
     cluster = AwsCluster("runner", args, runner_namespace=platform_args.namespace,
                          runner_service_account=platform_args.service_account)
     platform = RunnerPlatform("runner", platform_args, cluster.provider)
-    export_contract({
-        "cloud": "aws",
-        "kubeconfig": cluster.kubeconfig,
-        "registry_url": cluster.registry_url,
-        "bucket_url": cluster.bucket_url,
-        "gpu_types": cluster.gpu_types,
-        **platform.contract_outputs(),
-    })
+    export_cluster("aws", cluster, platform)

@@ -14,7 +14,7 @@ import re
 
 import pulumi
 
-from infra.common import export_contract
+from infra.common import export_cluster
 
 from .cluster import GPU_VM_SIZES, ArgsError, AzureCluster, AzureClusterArgs
 
@@ -79,12 +79,4 @@ def program() -> None:
     """Declare the Azure environment and export the stack outputs the runner reads."""
     args = args_from_config()
     cluster = AzureCluster("runner", args)
-    platform = cluster.platform
-    export_contract({
-        "cloud": "azure",
-        "kubeconfig": cluster.kubeconfig,
-        "registry_url": cluster.registry_url,
-        "bucket_url": cluster.bucket_url,
-        "gpu_types": cluster.gpu_types,
-        **platform.contract_outputs(),
-    })
+    export_cluster("azure", cluster, cluster.platform)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pulumi
 
 from runner._stack import OUTPUT_KEYS, SECRET_KEYS
 
-__all__ = ["export_contract"]
+__all__ = ["export_cluster", "export_contract"]
 
 
 def export_contract(outputs: Mapping[str, pulumi.Input]) -> None:
@@ -25,3 +26,16 @@ def export_contract(outputs: Mapping[str, pulumi.Input]) -> None:
     for key in OUTPUT_KEYS:
         value = outputs[key]
         pulumi.export(key, pulumi.Output.secret(value) if key in SECRET_KEYS else value)
+
+
+def export_cluster(cloud: str, cluster: Any, platform: Any) -> None:
+    """`export_contract` for a cloud cluster: what the cloud's component decides (its `kubeconfig`,
+    `registry_url`, `bucket_url`, `gpu_types`) and what its `RunnerPlatform` decides."""
+    export_contract({
+        "cloud": cloud,
+        "kubeconfig": cluster.kubeconfig,
+        "registry_url": cluster.registry_url,
+        "bucket_url": cluster.bucket_url,
+        "gpu_types": cluster.gpu_types,
+        **platform.contract_outputs(),
+    })

@@ -18,7 +18,7 @@ from typing import Any
 
 import pulumi
 
-from infra.common import export_contract
+from infra.common import export_cluster
 
 from .cluster import GcpArgsError, GcpCluster, GcpClusterArgs
 
@@ -126,12 +126,4 @@ def program() -> None:
     """The whole GCP stack: `GcpCluster` named "runner", then the contract's exports."""
     args = args_from_config()
     cluster = GcpCluster("runner", args)
-    platform = cluster.platform
-    export_contract({
-        "cloud": "gcp",
-        "kubeconfig": cluster.kubeconfig,
-        "registry_url": cluster.registry_url,
-        "bucket_url": cluster.bucket_url,
-        "gpu_types": cluster.gpu_types,
-        **platform.contract_outputs(),
-    })
+    export_cluster("gcp", cluster, cluster.platform)
