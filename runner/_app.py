@@ -4,6 +4,7 @@ session on a provider and takes everything down again on the way out, whatever t
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import signal
 import threading
@@ -150,20 +151,28 @@ class App:
 
         return deco(_fn) if _fn is not None else deco
 
-    def _web_endpoints(self) -> list[tuple[str, Any, str]]:
-        """(name, target, label) of every web endpoint: web functions, then web methods of classes."""
-        out = [(n, f._target(), f._web_label()) for n, f in self._functions.items() if f._web_label()]
+    def _web(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        """(name, label, its target's maker) of every web endpoint: web functions ("fn"), then web
+        methods of classes ("Cls.method"). Targets are made only when a run serves them."""
+        out = [(n, label, f._target) for n, f in self._functions.items() if (label := f._web_label())]
         for cname, c in self._classes.items():
-            out += [(f"{cname}.{m}", c._web_target(m), c._web_label(m)) for m in c._web_methods]
+            out += [(f"{cname}.{m}", c._web_label(m), functools.partial(c._web_target, m)) for m in c._web_methods]
         return out
+
+    def _web_labels(self) -> list[tuple[str, str]]:
+        return [(name, label) for name, label, _ in self._web()]
+
+    def _web_endpoints(self) -> list[tuple[str, Any, str]]:
+        """(name, target, label) of every web endpoint, for a run to serve."""
+        return [(name, make(), label) for name, label, make in self._web()]
 
     def _web_urls(self) -> dict[str, str | None]:
         """The URL of every web endpoint while the app runs, by name ("fn" or "Cls.method")."""
         session = self._session
-        return {n: session.web_url(label) if session else None for n, _, label in self._web_endpoints()}
+        return {n: session.web_url(label) if session else None for n, label in self._web_labels()}
 
     def _check_label(self, name: str, label: str) -> None:
-        taken = [n for n, _, other in self._web_endpoints() if other == label]
+        taken = [n for n, other in self._web_labels() if other == label]
         if taken:
             raise InvalidError(f"web endpoints {taken[0]} and {name} both have the label {label!r}; "
                                "give one of them another with label=")
