@@ -55,11 +55,31 @@ def _version(value: bool) -> None:
 @cli.callback()
 def _global(
     provider: Optional[str] = typer.Option(
-        None, "--provider", envvar="RUNNER_PROVIDER", help="embedded or docker (default: docker when a daemon answers)"
+        None, "--provider", envvar="RUNNER_PROVIDER",
+        help="embedded, docker or kubernetes (default: docker when a daemon answers)"
+    ),
+    cloud: Optional[str] = typer.Option(
+        None, "--cloud", help="run on the cluster of this cloud's stack (gcp, aws or azure): the kubernetes provider"
+    ),
+    stack_outputs: Optional[str] = typer.Option(
+        None, "--stack-outputs", help="the stack's outputs as JSON (default: RUNNER_STACK_OUTPUTS, else `pulumi stack output`)"
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and runner's status lines."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
+    if cloud:
+        from ._stack import CLOUDS
+
+        if cloud not in CLOUDS or cloud == "local":
+            raise click.BadParameter(f"{cloud!r} is not a cloud with a cluster; use gcp, aws or azure",
+                                     param_hint="--cloud")
+        if provider and provider != "kubernetes":
+            raise click.BadParameter(f"--cloud runs on the kubernetes provider, not {provider}; drop one of them",
+                                     param_hint="--provider")
+        provider = "kubernetes"
+        os.environ["RUNNER_CLOUD"] = cloud
+    if stack_outputs:
+        os.environ["RUNNER_STACK_OUTPUTS"] = stack_outputs
     if provider:
         from ._providers import NAMES
 

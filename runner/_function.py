@@ -638,6 +638,11 @@ class FunctionCall:
             from ._deployed import find_call
 
             found = find_call(function_call_id)
+            if found is None and os.environ.get("RUNNER_PROVIDER") == "kubernetes":
+                from ._plane import find_call as find_queued
+                from ._providers._kubernetes import cluster
+
+                found = find_queued(function_call_id, cluster().queue_url())  # any machine that reaches the queue
             if found is not None:
                 return found
             raise NotFoundError(f"no function call {function_call_id!r} in this app run or any deployed app")

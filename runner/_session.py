@@ -628,6 +628,9 @@ class Session:
             if pool is None:
                 if self.closed:
                     raise ExecutionError("the app has stopped")
+                if hasattr(self.provider, "queue_pool"):  # a cluster: pods pull inputs from its queue
+                    pool = self.pools[target.key] = self.provider.queue_pool(self, target)
+                    return pool
                 pool = self.pools[target.key] = Pool(self, target)
                 starts = 0
                 if target.options.min_containers:
@@ -753,9 +756,10 @@ class Session:
         self.front_door = FrontDoor(self._router, port=port, sock=sock)
         self.front_door.start(serving=not hold)
         self.web_env = {WEB_URLS_ENV: json.dumps({name: f"{self.front_door.url}/{label}" for name, _, label in functions})}
+        make = getattr(self.provider, "web_pool", WebPool)
         for name, target, label in functions:
             with self.lock:
-                pool = self.web_pools[label] = WebPool(self, target, label)
+                pool = self.web_pools[label] = make(self, target, label)
                 self.pools[("web", target.key)] = pool
             output().status(f"{name}: {self.front_door.url}/{label}")
 

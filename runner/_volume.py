@@ -35,7 +35,39 @@ from ._aio import blocking, blocking_iter
 from ._context import is_local, pid_alive
 from ._home import check_name, subdir
 from ._mounts import VOLUMES_ENV
-from .exception import InvalidError, NotFoundError
+from .exception import ExecutionError, InvalidError, NotFoundError
+
+SYNC_DIR_ENV = "RUNNER_VOLUME_SYNC_DIR"  # in a Kubernetes pod: the sync sidecar's request directory
+SYNC_TIMEOUT = 600.0
+
+
+def _pod_sync(volume: Any, op: str) -> None:
+    """Ask the pod's sync sidecar (runner._k8s._pod.sidecar_script) to upload ("up") or download
+    ("down") the pod's volumes, and wait for its answer. One request at a time per pod (flock)."""
+    import fcntl
+    import time
+
+    d = pathlib.Path(os.environ[SYNC_DIR_ENV])
+    token = secrets.token_hex(8)
+    with open(d / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (d / "request.tmp").write_text(f"{token} {op}\n")
+        os.replace(d / "request.tmp", d / "request")
+        end = time.monotonic() + SYNC_TIMEOUT
+        while time.monotonic() < end:
+            try:
+                said = (d / "done").read_text().split()
+            except FileNotFoundError:
+                said = []
+            if said[:1] == [token]:
+                if said[1:] != ["ok"]:
+                    what = "commit" if op == "up" else "reload"
+                    raise ExecutionError(f"{volume!r}: the {what} failed in the volume's sync sidecar "
+                                         "(see the pod's volume-up container log)")
+                return
+            time.sleep(0.05)
+    raise ExecutionError(f"{volume!r}: the volume's sync sidecar did not answer within {SYNC_TIMEOUT:g}s")
+
 
 _EPHEMERAL = ".ephemeral"
 _STAGING = ".staging"
@@ -155,8 +187,12 @@ class Volume:
     # ---- consistency -----------------------------------------------------------------------
     @blocking
     def commit(self) -> None:
-        """Make every write to the volume durable (flushes its filesystem to disk)."""
+        """Make every write to the volume durable (flushes its filesystem to disk; in a Kubernetes
+        pod, also uploads it to the stack's bucket before returning)."""
         root = self._root()
+        if os.environ.get(SYNC_DIR_ENV) and not is_local():
+            _pod_sync(self, "up")
+            return
         fd = os.open(root, os.O_RDONLY)
         try:
             if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
@@ -166,8 +202,11 @@ class Volume:
 
     @blocking
     def reload(self) -> None:
-        """See the latest committed state: containers share the directory, so it is seen already."""
+        """See the latest committed state: containers on one machine share the directory, so it is
+        seen already; in a Kubernetes pod the volume is downloaded from the stack's bucket again."""
         self._root()
+        if os.environ.get(SYNC_DIR_ENV) and not is_local():
+            _pod_sync(self, "down")
 
     # ---- reading ---------------------------------------------------------------------------
     @blocking

@@ -69,9 +69,14 @@ def function_manifests(stack: StackOutputs, w: Workload, *, command: Sequence[st
 
 
 def web_manifests(stack: StackOutputs, w: Workload, *, command: Sequence[str] = WORKER_COMMAND,
-                  grace_seconds: int = DEFAULT_GRACE_SECONDS) -> list[dict[str, Any]]:
-    """A deployed web function: its Secrets, web Deployment (port 8000) and ClusterIP Service (80)."""
-    dep = deployment(stack, w, command=command, web_port=WEB_PORT, grace_seconds=grace_seconds)
+                  grace_seconds: int = DEFAULT_GRACE_SECONDS, web_port: int = WEB_PORT,
+                  replicas: int | None = None) -> list[dict[str, Any]]:
+    """A web function: its Secrets, web Deployment (serving on `web_port`, 8000 unless the function
+    is a web_server on a port of its own) and ClusterIP Service (80). `replicas`: the Deployment's
+    first count, when its front door scales it (a run's starts at 0 and wakes on a request)."""
+    dep = deployment(stack, w, command=command, web_port=web_port, grace_seconds=grace_seconds)
+    if replicas is not None:
+        dep["spec"]["replicas"] = replicas
     return [*secret_manifests(stack, w), dep, service(stack, w)]
 
 

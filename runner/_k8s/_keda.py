@@ -1,7 +1,7 @@
 """KEDA objects (keda.sh/v1alpha1) that scale a worker Deployment on its queue.
 
-One input stream per function (`stream`, default `runner:APP:FUNCTION:inputs`) read by one
-consumer group (default `workers`). The ScaledObject has two redis-streams triggers on it:
+One input stream per function (`stream_name`: the queue plane's `rq:f:APP/FUNCTION/RUN:in`) read
+by one consumer group (`workers`). The ScaledObject has two redis-streams triggers on it:
 
 - `lagCount`: entries added but not yet delivered to the group (XINFO GROUPS lag, Redis 7+). This
   is the only redis-streams metric that moves while no worker runs, so it is what wakes the
@@ -37,12 +37,16 @@ HPA_MAX_WINDOW = 3600
 
 
 def stream_name(w: Workload) -> str:
-    """The function's input stream (a contract with the queue plane)."""
-    return f"runner:{w.app}:{w.function}:inputs"
+    """The function's input stream: the queue plane's (runner._plane.Keys) for `w.queue_key`."""
+    from .._plane._wire import Keys
+
+    return Keys(w.queue_key).inputs
 
 
 def consumer_group(w: Workload) -> str:
-    return "workers"
+    from .._plane._wire import GROUP
+
+    return GROUP
 
 
 def _address(stack: StackOutputs) -> tuple[str, str, bool]:

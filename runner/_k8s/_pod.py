@@ -23,10 +23,11 @@ uploaded by one native sidecar (an init container with `restartPolicy: Always`, 
 1.29+). A native sidecar starts before the main container and is stopped only after it exited, so
 its final upload sees every write the main container made, and it does not keep a Job from
 completing. The sidecar uploads:
-- on commit: the main container writes a token to `$RUNNER_VOLUME_SYNC_DIR/request` (a shared
-  emptyDir); the sidecar, polling once a second, removes it, uploads every volume and writes
-  "TOKEN ok" (or "TOKEN failed") to `$RUNNER_VOLUME_SYNC_DIR/done`;
-- on SIGTERM: `trap 'sync_up; exit $?' TERM`, with the idle wait as `sleep 1 & wait $!`, never a
+- on commit: the main container writes "TOKEN up" to `$RUNNER_VOLUME_SYNC_DIR/request` (a shared
+  emptyDir); the sidecar, polling five times a second, removes it, uploads every volume and writes
+  "TOKEN ok" (or "TOKEN failed") to `$RUNNER_VOLUME_SYNC_DIR/done`; on reload, "TOKEN down" has
+  it download every volume the same way (`Volume.commit()` and `.reload()` in runner._volume);
+- on SIGTERM: `trap 'sync_up; exit $?' TERM`, with the idle wait as `sleep 0.2 & wait $!`, never a
   foreground sleep, which would delay the trap until the sleep ends. The exit status is the
   upload's, so a failed final upload shows in the pod's status instead of being hidden.
 Uploads copy new and changed files and never delete in the bucket (another container may have
@@ -79,6 +80,7 @@ ENV_APP, ENV_FUNCTION, ENV_RUN = "RUNNER_APP", "RUNNER_FUNCTION", "RUNNER_RUN_ID
 ENV_QUEUE_URL, ENV_QUEUE_PASSWORD = "RUNNER_QUEUE_URL", "RUNNER_QUEUE_PASSWORD"
 ENV_MODE, ENV_SYNC_DIR, ENV_VOLUMES = "RUNNER_WORKER_MODE", "RUNNER_VOLUME_SYNC_DIR", "RUNNER_VOLUMES"
 ENV_WEB_PORT = "RUNNER_WEB_PORT"
+ENV_PLANE_FUNCTION, ENV_POD_NAME, ENV_STORE_URL = "RUNNER_PLANE_FUNCTION", "RUNNER_POD_NAME", "RUNNER_STORE_URL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +105,18 @@ class Workload:
         parts = (self.app, self.function) if self.deployed else (self.app, self.function, self.run_id)
         return dns_name(*parts)
 
+    @property
+    def queue_key(self) -> str:
+        """The function's key on the queue plane (runner._plane.Keys): its input stream and spec."""
+        return "/".join((self.app, self.function, self.run_id))
+
 
 @dataclasses.dataclass(frozen=True)
 class SyncTool:
     """One cloud's way to copy a volume between its bucket and a directory. `down` and `up` are sh
     snippets run with REMOTE (the volume's URL) and LOCAL (its mount path) set."""
 
-    image: str
+    image: str | None  # None: the function's own image (it has sh and cp)
     down: str
     up: str
     env: tuple[tuple[str, str], ...] = ()
@@ -129,7 +136,7 @@ SYNC_TOOLS: dict[str, SyncTool] = {
                       'azcopy sync "$LOCAL" "$REMOTE" --recursive=true',
                       (("AZCOPY_AUTO_LOGIN_TYPE", "WORKLOAD"),)),
     # file:///P: P is mounted from the node (hostPath) at /bucket.
-    "local": SyncTool("busybox:1.36",
+    "local": SyncTool(None,
                       'mkdir -p "$REMOTE" && cp -a "$REMOTE/." "$LOCAL/"',
                       'mkdir -p "$REMOTE" && cp -a "$LOCAL/." "$REMOTE/"'),
 }
@@ -137,9 +144,16 @@ _LOCAL_BUCKET = "/bucket"
 
 
 def image_ref(stack: StackOutputs, image: str) -> str:
-    """`image` under the stack's registry, unless it already names it."""
+    """`image` under the stack's registry, unless it already names it (as `REGISTRY/NAME:TAG`, or
+    `REGISTRY:TAG` where the registry URL is one repository, as on ECR)."""
     registry = stack.registry_url.rstrip("/")
-    return image if image.startswith(registry + "/") else f"{registry}/{image.lstrip('/')}"
+    return image if image.startswith((registry + "/", registry + ":")) else f"{registry}/{image.lstrip('/')}"
+
+
+def _store_url(endpoint: str) -> str:
+    """The queue endpoint as a store URL with the password from $(RUNNER_QUEUE_PASSWORD)."""
+    scheme, _, rest = endpoint.partition("://")
+    return f"{scheme}://:$({ENV_QUEUE_PASSWORD})@{rest.rpartition('@')[2]}"
 
 
 def secret_names(w: Workload) -> list[str]:
@@ -174,26 +188,38 @@ def _down_script(tool: SyncTool) -> str:
 
 
 def sidecar_script(tool: SyncTool, pairs: Sequence[tuple[str, str]], sync_dir: str = SYNC_DIR) -> str:
-    """The upload sidecar's sh script for `pairs` of (remote URL, mount path), taking commit requests
-    in `sync_dir`; see the module docstring."""
+    """The sync sidecar's sh script for `pairs` of (remote URL, mount path), taking requests in
+    `sync_dir`; see the module docstring. A request is "TOKEN" or "TOKEN up" (commit: upload) or
+    "TOKEN down" (reload: download)."""
     d = shlex.quote(sync_dir)
-    calls = "\n".join(f"  sync_one {shlex.quote(remote)} {shlex.quote(local)} || status=1" for remote, local in pairs)
+    ups = "\n".join(f"  sync_one {shlex.quote(remote)} {shlex.quote(local)} || status=1" for remote, local in pairs)
+    downs = "\n".join(f"  fetch_one {shlex.quote(remote)} {shlex.quote(local)} || status=1" for remote, local in pairs)
     return f"""set -u
 sync_one() {{
   REMOTE="$1"; LOCAL="$2"
   {tool.up}
 }}
+fetch_one() {{
+  REMOTE="$1"; LOCAL="$2"
+  {tool.down}
+}}
 sync_up() {{
   status=0
-{calls}
+{ups}
+  return $status
+}}
+sync_down() {{
+  status=0
+{downs}
   return $status
 }}
 trap 'sync_up; exit $?' TERM
 while true; do
-  sleep 1 & wait $!
+  sleep 0.2 & wait $!
   if [ -f {d}/request ]; then
-    token=$(cat {d}/request); rm -f {d}/request
-    if sync_up; then result=ok; else result=failed; fi
+    read -r token op < {d}/request; rm -f {d}/request
+    if [ "${{op:-up}}" = down ]; then sync_down; else sync_up; fi
+    if [ $? -eq 0 ]; then result=ok; else result=failed; fi
     echo "$token $result" > {d}/done.tmp && mv {d}/done.tmp {d}/done
   fi
 done
@@ -246,11 +272,17 @@ def pod_template(stack: StackOutputs, w: Workload, kind: str, *, command: Sequen
     if queue:
         env += [{"name": ENV_QUEUE_URL, "value": stack.queue_endpoint},
                 {"name": ENV_QUEUE_PASSWORD,
-                 "valueFrom": {"secretKeyRef": {"name": stack.queue_secret_name, "key": "password"}}}]
+                 "valueFrom": {"secretKeyRef": {"name": stack.queue_secret_name, "key": "password"}}},
+                # Dict and Queue: the same server; $(VAR) is expanded by the kubelet, so the
+                # password is still only in the Secret.
+                {"name": ENV_STORE_URL, "value": _store_url(stack.queue_endpoint)},
+                {"name": ENV_PLANE_FUNCTION, "value": w.queue_key},
+                {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
 
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     init: list[dict[str, Any]] = []
+    main_image = image_ref(stack, w.image)
     if options.volumes:
         assert tool is not None
         keys = {}
@@ -274,16 +306,16 @@ def pod_template(stack: StackOutputs, w: Workload, kind: str, *, command: Sequen
         tool_env = [{"name": k, "value": v} for k, v in tool.env]
         bucket = _LOCAL_BUCKET if stack.cloud == "local" else stack.bucket_url.rstrip("/")
         for i, (path, volume) in enumerate(options.volumes):
-            init.append(_tool_container(f"volume-down-{i}", tool, tool_env, tool_mounts, {
+            init.append(_tool_container(f"volume-down-{i}", tool, tool_env, tool_mounts, main_image, {
                 "command": ["sh", "-c", _down_script(tool), "runner-sync", "down", bucket, _volume_key(volume), path]}))
-        sidecar = _tool_container("volume-up", tool, tool_env, tool_mounts, {
+        sidecar = _tool_container("volume-up", tool, tool_env, tool_mounts, main_image, {
             "command": ["sh", "-c", sidecar_script(tool, pairs), "runner-sync-up"]})
         sidecar["restartPolicy"] = "Always"
         init.append(sidecar)
 
     main: dict[str, Any] = {
         "name": MAIN,
-        "image": image_ref(stack, w.image),
+        "image": main_image,
         "command": list(command),
         "env": env,
         "resources": _resources(options, placement.gpu_count, enforce_limits),
@@ -323,8 +355,8 @@ def pod_template(stack: StackOutputs, w: Workload, kind: str, *, command: Sequen
 
 
 def _tool_container(name: str, tool: SyncTool, env: list[dict[str, Any]], mounts: list[dict[str, Any]],
-                    extra: dict[str, Any]) -> dict[str, Any]:
-    c: dict[str, Any] = {"name": name, "image": tool.image, **extra,
+                    main_image: str, extra: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "image": tool.image or main_image, **extra,
                          "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
                          "securityContext": dict(_CONTAINER_SECURITY),
                          "volumeMounts": [dict(m) for m in mounts]}

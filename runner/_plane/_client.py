@@ -32,16 +32,19 @@ def _redis_client(url: str):
 
 
 class _WorkerView:
-    """What Target.init_message asks of a provider: where workers see the app's source."""
+    """What Target.init_message asks of a provider: where workers see the app's source, and (for a
+    web function's pods) where its server listens."""
 
-    def __init__(self, app_root: str | None):
-        self.app_root = app_root
+    def __init__(self, app_root: str | None, web: Any = None):
+        self.app_root, self.web = app_root, web
 
     def container_path(self, host_path: str) -> str:
         return self.app_root or host_path
 
-    def web_bind(self, port: int):  # pragma: no cover - web functions are refused before this
-        raise InvalidError("web functions are not served through the queue plane")
+    def web_bind(self, port: int):
+        if self.web is None:  # pragma: no cover - web functions are refused before this
+            raise InvalidError("web functions are not served through the queue plane")
+        return self.web.web_bind(port)
 
 
 class PlaneSession:
@@ -53,13 +56,14 @@ class PlaneSession:
 
 
 def register(r, keys: W.Keys, target: Target, app_root: str | None, lease: float,
-             secrets_in_spec: bool = True) -> None:
+             secrets_in_spec: bool = True, web: Any = None) -> None:
     """Put the function's INIT spec and blobs where its workers read them, and its input stream.
     `secrets_in_spec=False`: the spec carries no secret values (the workers' environment has them,
-    e.g. from Kubernetes Secrets the pod references)."""
-    if target.web is not None:
+    e.g. from Kubernetes Secrets the pod references). `web`: for a web function, whose `web_bind`
+    says where its pods' server listens (its workers run in mode "web" and take no inputs)."""
+    if target.web is not None and web is None:
         raise InvalidError(f"{target.name} is a web function; the queue plane carries inputs, not HTTP requests")
-    spec, blobs = target.init_message(_WorkerView(app_root))
+    spec, blobs = target.init_message(_WorkerView(app_root, web))
     if not secrets_in_spec:
         spec["secret_env"] = {}
     retries = target.options.retries
@@ -76,11 +80,15 @@ def register(r, keys: W.Keys, target: Target, app_root: str | None, lease: float
 def remove_function(url: str, key: str) -> int:
     """Delete a function's keys (spec, inputs, retries, cancels, workers), e.g. when an ephemeral
     app's run ends; inputs still queued are lost, so callers do it once nothing is owed. The
-    number of keys removed."""
+    number of keys removed. A tombstone (rq:f:F:ended, for a day) tells workers that start later
+    (a pod scaled up as the run ended) to exit instead of waiting for the function."""
     k = W.Keys(key)
     r = _redis_client(url)
     try:
-        return r.delete(k.spec, k.inputs, k.delayed, k.cancel, k.workers)
+        pipe = r.pipeline(transaction=True)
+        pipe.delete(k.spec, k.inputs, k.delayed, k.cancel, k.workers, k.ready)
+        pipe.set(k.ended, 1, ex=W.CALL_TTL)
+        return pipe.execute()[0]
     finally:
         r.close()
 

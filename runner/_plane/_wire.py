@@ -17,6 +17,8 @@ REPLY_TTL = 120  # a caller's result stream expires unless its owner refreshes i
 MAX_DELIVERIES = 5  # a worker died this many times holding an input: it is failed, not sent again
 URL_ENV = "RUNNER_PLANE_URL"
 FUNCTION_ENV = "RUNNER_PLANE_FUNCTION"
+MODE_ENV = "RUNNER_WORKER_MODE"  # queue (default) | web
+POD_URL_ENV, POD_PASSWORD_ENV = "RUNNER_QUEUE_URL", "RUNNER_QUEUE_PASSWORD"  # in a Kubernetes pod
 
 # Statuses the plane adds to the agent's (runner._protocol): a chunk the worker could not finish
 # as a whole (a timeout or a crash in one of its items); the caller runs its items one by one.
@@ -27,7 +29,7 @@ EXPIRED = "expired"  # not started before its deadline
 class Keys:
     """The Redis keys of one function."""
 
-    __slots__ = ("cancel", "delayed", "fn", "inputs", "spec", "workers")
+    __slots__ = ("cancel", "delayed", "ended", "fn", "inputs", "ready", "spec", "workers")
 
     def __init__(self, fn: str):
         self.fn = fn
@@ -37,6 +39,8 @@ class Keys:
         self.delayed = base + "delayed"  # zset: retries waiting for their delay, scored by due time
         self.cancel = base + "cancel"  # hash: input id -> "soft" | "hard"
         self.workers = base + "workers"  # hash: consumer name -> last heartbeat (wall clock)
+        self.ready = base + "ready"  # hash: pod name -> time its web server came up (mode "web")
+        self.ended = base + "ended"  # set once the function's run ended: late workers exit
 
 
 def reply_key(caller: str) -> str:

@@ -109,6 +109,7 @@ class Worker:
         self.lease = 10.0
         self.base = 1
         self._dir = tempfile.mkdtemp(prefix="rq-worker-")
+        self._spawned: tuple | None = None  # (listener, path, token) of an agent not yet connected
 
     # ---- set-up ----------------------------------------------------------------------------
     def load_spec(self, wait: float = 3600.0) -> None:
@@ -118,6 +119,9 @@ class Worker:
             got = self.r.hgetall(self.keys.spec)
             if got.get(b"spec"):
                 break
+            if self.stopping or self.r.exists(self.keys.ended):  # its run ended before this worker came up
+                print(f"runner worker: function {self.keys.fn!r} has ended; exiting", file=sys.stderr, flush=True)
+                os._exit(0)
             if time.monotonic() > end:
                 raise SystemExit(f"runner worker: function {self.keys.fn!r} was never registered")
             time.sleep(0.1)
@@ -132,8 +136,8 @@ class Worker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def start_agent(self) -> None:
-        """Start the agent child and bring it to READY; on INIT_FAILED keep the error for the inputs."""
+    def spawn_agent(self) -> None:
+        """Start the agent child; it imports while this process does other work (the spec)."""
         path = os.path.join(self._dir, f"agent-{secrets.token_hex(3)}.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)
@@ -142,6 +146,15 @@ class Worker:
         token = secrets.token_hex(8)
         env = {**os.environ, ADDR_ENV: f"unix:{path}", TOKEN_ENV: token}
         self.child = subprocess.Popen([sys.executable, "-m", "runner._agent"], env=env, stdin=subprocess.DEVNULL)
+        self._spawned = (listener, path, token)
+
+    def start_agent(self) -> None:
+        """Bring the agent child (spawned now unless `spawn_agent` did already) to READY; on
+        INIT_FAILED keep the error for the inputs."""
+        if self._spawned is None:
+            self.spawn_agent()
+        listener, path, token = self._spawned
+        self._spawned = None
         try:
             sock, _ = listener.accept()
         finally:
@@ -170,8 +183,8 @@ class Worker:
 
     # ---- inputs ----------------------------------------------------------------------------
     def window(self) -> int:
-        if self.ema is None:
-            return self.base + 1
+        if self.ema is None:  # no prefetch until an input's time is known: other workers may be starting
+            return self.base
         return self.base + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.ema, 1e-7)))
 
     def run(self) -> None:
@@ -464,10 +477,44 @@ class Worker:
         self.r.hdel(self.keys.workers, self.name)
 
 
+def pod_url() -> str | None:
+    """The queue's URL from a Kubernetes pod's env (RUNNER_QUEUE_URL, and the password the pod
+    reads from the stack's Secret as RUNNER_QUEUE_PASSWORD), or None outside one."""
+    import urllib.parse
+
+    url = os.environ.get(W.POD_URL_ENV)
+    if not url:
+        return None
+    password = os.environ.get(W.POD_PASSWORD_ENV)
+    if not password:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return url + ("&" if parts.query else "?") + urllib.parse.urlencode({"password": password})
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f":{urllib.parse.quote(password, safe='')}@{host}"))
+
+
+def serve_web(worker: Worker) -> None:
+    """Mode "web" (a web function's pod): the agent serves HTTP; this process says so on the queue
+    (rq:f:F:ready, by pod name, which the client's front door waits for) and waits for SIGTERM."""
+    pod = os.environ.get("RUNNER_POD_NAME") or socket.gethostname()
+    if worker.init_error is not None:
+        print(f"runner worker {worker.name}: the web function failed to start:\n{worker.init_error[1]}",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+    worker.r.hset(worker.keys.ready, pod, time.time())
+    while not worker.stopping and worker.conn is not None:
+        time.sleep(0.2)
+    worker.r.hdel(worker.keys.ready, pod)
+    worker.drain()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m runner._plane.worker", description="a runner queue worker")
-    ap.add_argument("--url", default=os.environ.get(W.URL_ENV))
+    ap.add_argument("--url", default=os.environ.get(W.URL_ENV) or pod_url())
     ap.add_argument("--function", default=os.environ.get(W.FUNCTION_ENV))
+    ap.add_argument("--mode", default=os.environ.get(W.MODE_ENV) or "queue", choices=("queue", "web"))
     args = ap.parse_args(argv)
     if not args.url or not args.function:
         raise SystemExit(f"runner worker: give --url and --function (or {W.URL_ENV} and {W.FUNCTION_ENV})")
@@ -478,13 +525,17 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    worker.spawn_agent()
     worker.load_spec()
     threading.Thread(target=worker.writer, name="plane-writer", daemon=True).start()
     worker.start_agent()
     threading.Thread(target=worker.heartbeat, name="plane-heartbeat", daemon=True).start()
     print(f"runner worker {worker.name}: serving {args.function}", file=sys.stderr, flush=True)
     try:
-        worker.run()
+        if args.mode == "web":
+            serve_web(worker)
+        else:
+            worker.run()
     finally:
         shutil.rmtree(worker._dir, ignore_errors=True)
     sys.stdout.flush()

@@ -21,7 +21,7 @@ from ..exception import InvalidError, ProviderError
 from .._resources import GPU
 
 PROVIDER_ENV = "RUNNER_PROVIDER"
-NAMES = ("embedded", "docker")
+NAMES = ("embedded", "docker", "kubernetes")
 CLOUD_HINT = "run it on a cluster with GPUs instead: `runner --cloud gcp|aws|azure run ...` (see infra/)"
 
 
@@ -198,5 +198,7 @@ def choose(name: str | None = None) -> Provider:
 
         return DockerProvider()
     if name == "kubernetes":
-        raise ProviderError("the kubernetes provider is not available in this version of runner; use docker or embedded")
+        from ._kubernetes import KubernetesProvider
+
+        return KubernetesProvider()
     raise InvalidError(f"unknown provider {name!r}: use one of {', '.join(NAMES)}")
