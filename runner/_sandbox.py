@@ -117,7 +117,8 @@ class Sandbox(SupervisorLink):
         if name is not None:
             check_name(name, "sandbox")
         tags = check_tags(tags, "Sandbox.create(tags=...)")
-        env = {**secret_env(secrets, "Sandbox.create"), **check_env(env, "Sandbox.create(env=...)")}
+        user_env = check_env(env, "Sandbox.create(env=...)")
+        env = {**secret_env(secrets, "Sandbox.create"), **user_env}
         volumes = check_volumes(volumes or {}, "Sandbox.create(volumes=...)")
         workdir = check_workdir(workdir, "Sandbox.create")
         timeout = check_seconds("Sandbox.create(timeout=...)", timeout)
@@ -153,7 +154,9 @@ class Sandbox(SupervisorLink):
             output().notice("runner: embedded mode does not apply image build steps; the sandbox runs in this "
                             "host's environment. Use --provider docker to build images.")
         prepared = backend.prepare(image)
-        storage_env, binds = storage_access(dict(volumes), provider.name)
+        # A remote sandbox (kubernetes) gets its volumes from the cluster's bucket and no store: its
+        # provider takes the volumes, secrets and spec themselves (SandboxRequest), not binds and files.
+        storage_env, binds = ({}, []) if backend.remote else storage_access(dict(volumes), provider.name)
         host_env = {**(image.env_vars() if provider.name == "embedded" else {}), **storage_env}
         ctl.mkdir(mode=0o700)
         run.mkdir()
@@ -161,24 +164,27 @@ class Sandbox(SupervisorLink):
         now = time.time()
         meta = {"id": sid, "provider": provider.name, "run": str(run), "app_id": app_id, "app_name": app_name,
                 "name": name, "created": now, "deadline": now + timeout, "timeout": timeout}
+        session = app._session if app is not None else None
+        spec = {"cmd": cmd, "timeout": timeout, "idle_timeout": idle_timeout, "workdir": workdir}
         try:
             agent.write_json(str(ctl / "meta.json"), meta)
             agent.write_json(str(ctl / "tags.json"), tags)
-            agent.write_json(str(run / agent.SPEC), {"cmd": cmd, "timeout": timeout, "idle_timeout": idle_timeout,
-                                                     "workdir": workdir})
-            agent.write_json(str(run / agent.ENV), env)  # secrets too: never in the container's config
+            agent.write_json(str(run / agent.SPEC), spec)
+            if not backend.remote:  # secrets too: never in the container's config (a pod reads Secrets by reference)
+                agent.write_json(str(run / agent.ENV), env)
             req = SandboxRequest(sid, app_id or app_name or "", str(run), host_env, workdir, cpu, memory, gpu,
-                                 block_network, ports, binds, meta["deadline"])
+                                 block_network, ports, binds, meta["deadline"], spec=spec, user_env=user_env,
+                                 secrets=tuple(secrets or ()), volumes=volumes, app_name=app_name, session=session)
             meta.update(provider.sandbox_start(req, prepared))
             agent.write_json(str(ctl / "meta.json"), meta)
             sb = Sandbox(sid, meta)
             sb._channel()
             if sb._result is not None and sb._result["reason"] == "error":
                 raise ExecutionError(f"sandbox {sid} could not start: {sb._result.get('message')}")
-            if app is not None and app._session is not None:
-                app._session.on_close(sb._end_with_app)  # ends with the run, as on Modal
+            if session is not None:
+                session.on_close(sb._end_with_app)  # ends with the run, as on Modal
         except BaseException:
-            if "pid" in meta or "container" in meta:
+            if "pid" in meta or "container" in meta or "pod" in meta:
                 provider.sandbox_remove(meta)
             shutil.rmtree(ctl, ignore_errors=True)
             raise

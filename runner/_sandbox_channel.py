@@ -30,6 +30,8 @@ from ._sandbox_host import Backend, get_backend, log_tail, read_json
 from ._sandbox_io import Buffer, ContainerProcess
 from .exception import ClientClosed, ExecutionError
 
+ENDED_SETTLE = 15.0  # seconds to wait, once the supervisor said it ended, for a remote sandbox's record of it
+
 
 class Channel:
     """The one connection a Sandbox object keeps to its supervisor; frames as in `runner._sandbox_agent`."""
@@ -150,22 +152,23 @@ class SupervisorLink:
             if self._result is not None or self._load_exit():
                 return None
             path = str(self._run / agent.SOCKET)
+            backend = self._backend()
             started = time.monotonic()
             check_at = started + 0.25
             while True:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock = None
                 try:
-                    sock.settimeout(10)
-                    sock.connect(path)
+                    sock = backend.connect(self._meta, path, wait)
                     self._chan = Channel(sock, self)
                     return self._chan
                 except (OSError, EOFError, ValueError, KeyError):
-                    sock.close()
+                    if sock is not None:
+                        sock.close()
                 if self._load_exit():
                     return None
                 now = time.monotonic()
                 if not wait or now >= check_at:
-                    if not self._backend().provider.sandbox_alive(self._meta):
+                    if not backend.provider.sandbox_alive(self._meta):
                         self._result = self._result or {"reason": "lost", "code": 137}
                         return None
                     if not wait:
@@ -176,9 +179,12 @@ class SupervisorLink:
                                          f"{log_tail(self._run)}")
                 time.sleep(0.002)
 
-    def _load_exit(self) -> bool:
-        """Take the end from the `exit` file, or from a control directory removed by terminate()."""
+    def _load_exit(self, settle: float = 0.0) -> bool:
+        """Take the end from the `exit` file (which a remote sandbox's provider copies there once it has
+        ended, waiting up to `settle` seconds for that), or from a control directory removed by terminate()."""
         info = read_json(self._run / agent.EXIT)
+        if info is None and self._ctl.is_dir() and self._backend().collect(self._meta, settle):
+            info = read_json(self._run / agent.EXIT)
         if info is None and not self._ctl.is_dir():
             info = {"reason": "terminated", "code": 137}
         if info is not None:
@@ -197,9 +203,13 @@ class SupervisorLink:
                 for buf in self._main.values():
                     buf.close(error)
                 return
-            if self._result is None and chan.ended is not None:
+            # The record first (its `exit` file): a remote sandbox's record arrives a moment after the
+            # supervisor's last word, and says more (a pod past its deadline timed out, whatever the kubelet's
+            # SIGTERM made the supervisor say).
+            if self._result is None and not self._load_exit(ENDED_SETTLE if chan.ended else 0.0) \
+                    and chan.ended is not None:
                 self._result = {"reason": chan.ended["reason"], "code": chan.ended["code"]}
-            if self._result is None and not self._load_exit() and not self._backend().provider.sandbox_alive(self._meta):
+            if self._result is None and not self._backend().provider.sandbox_alive(self._meta):
                 self._result = {"reason": "lost", "code": 137}
             for proc in execs:
                 proc._lost(137)  # killed with the sandbox

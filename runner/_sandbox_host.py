@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import threading
 import time
 from typing import Any
@@ -35,10 +36,36 @@ class Backend:
     def __init__(self, name: str):
         from ._providers import PreparedImages, choose
 
-        self.provider = choose(name)
+        if name == "kubernetes":  # sandboxes as pods, reached through the API: see runner._sandbox_kube
+            from ._sandbox_kube import KubeSandboxes
+
+            self.provider = KubeSandboxes()
+        else:
+            self.provider = choose(name)
+        # True when the supervisor's run directory is not this host's (kubernetes): the provider then
+        # connects to it (`connect`) and copies its end into the control directory (`collect`).
+        self.remote = bool(getattr(self.provider, "remote", False))
         self.lock = threading.Lock()
         self.prepare = PreparedImages(self.provider)
         self.swept: set[str] = set()
+
+    def connect(self, meta: dict, path: str, wait: bool) -> socket.socket:
+        """A socket to the sandbox's supervisor: its unix socket at `path`, or the provider's way in."""
+        if self.remote:
+            return self.provider.sandbox_connect(meta, wait)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(10)
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def collect(self, meta: dict, settle: float = 0.0) -> bool:
+        """Whether the end of a sandbox whose supervisor cannot write it here has just been copied into its
+        control directory (waiting up to `settle` seconds for it to end); other supervisors write it there."""
+        return self.remote and self.provider.sandbox_collect(meta, settle)
 
     def sweep(self, root: pathlib.Path) -> None:
         """Once per state root per process, in the background: `sweep` below."""
@@ -53,13 +80,16 @@ _backends_lock = threading.Lock()
 
 
 @functools.cache
-def _cached_backend(name: str) -> Backend:
+def _cached_backend(name: str, stack: str | None) -> Backend:
     return Backend(name)
 
 
 def get_backend(name: str) -> Backend:
+    """The Backend of provider `name`; for kubernetes, of the stack RUNNER_STACK_OUTPUTS names now."""
+    from ._stack import STACK_OUTPUTS_ENV
+
     with _backends_lock:
-        return _cached_backend(name)
+        return _cached_backend(name, os.environ.get(STACK_OUTPUTS_ENV) if name == "kubernetes" else None)
 
 
 @functools.cache
@@ -91,6 +121,13 @@ class SandboxRequest:
     ports: tuple[int, ...]
     binds: list  # runner._mounts.Bind: volumes and the store
     deadline: float  # wall-clock time by which it must have ended
+    # What a provider whose sandboxes cannot see run_dir (kubernetes) takes instead of its files and binds:
+    spec: dict = dataclasses.field(default_factory=dict)  # spec.json's content
+    user_env: dict = dataclasses.field(default_factory=dict)  # the plain part of env.json (env=)
+    secrets: tuple = ()  # runner.Secret objects, the rest of env.json
+    volumes: tuple = ()  # (mount path, Volume) pairs
+    app_name: str | None = None
+    session: Any = None  # the `with app.run():` session it belongs to, if any
 
 
 # ---- state on disk ---------------------------------------------------------------------------------

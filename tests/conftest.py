@@ -93,3 +93,21 @@ def docker_provider(monkeypatch):
     require_docker()
     monkeypatch.setenv("RUNNER_PROVIDER", "docker")
     return "docker"
+
+
+@pytest.fixture(scope="session")
+def kube_stack(tmp_path_factory):
+    """One whole loopback stack for the kubernetes provider (tests/kube_stack.py), shared by the
+    session's tests: the API stand-in, the queue's redis-server, a registry and the outputs file."""
+    import shutil
+
+    require_docker()
+    for binary in ("redis-server", "/usr/bin/docker-registry"):
+        if not shutil.which(binary):
+            if os.environ.get("CI"):
+                pytest.fail(f"{binary} is missing; .ci/run installs it")
+            pytest.skip(f"{binary} is missing")
+    from kube_stack import KubeStack
+
+    with KubeStack(tmp_path_factory.mktemp("kube-stack")) as stack:
+        yield stack

@@ -1,4 +1,5 @@
-"""The shared acceptance apps (core, images, storage, sandbox, web) pass, on the providers they name.
+"""The shared acceptance apps (core, images, storage, sandbox, web) pass, on the providers they name:
+embedded and docker, and kubernetes against the API stand-in (tests/kube_stack.py).
 
 They live beside this repository in ../shared/acceptance (as in CI); elsewhere they are skipped.
 """
@@ -16,9 +17,9 @@ CHECK = pathlib.Path(__file__).resolve().parents[2] / "shared" / "acceptance" / 
 needs_check = pytest.mark.skipif(not CHECK.exists(), reason="../shared/acceptance is not beside this checkout")
 
 
-def check(tag: str, provider: str, passed: int) -> None:
+def check(tag: str, provider: str, passed: int, env: dict | None = None) -> None:
     bindir = pathlib.Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, **(env or {}), PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(
         [sys.executable, str(CHECK), "--tag", tag, "--provider", provider, "--timeout", "600"],
         capture_output=True, text=True, timeout=900, env=env,
@@ -50,3 +51,10 @@ def test_sandbox_acceptance(docker_provider):
 @needs_check
 def test_web_acceptance(provider):
     check("web", provider, 1)
+
+
+@needs_check
+@pytest.mark.parametrize("tag,passed", [("core", 7), ("images", 1), ("storage", 1), ("sandbox", 1), ("web", 1)])
+def test_acceptance_on_kubernetes(kube_stack, tag, passed):
+    """The same apps, unchanged, on the kubernetes provider against the API stand-in."""
+    check(tag, "kubernetes", passed, env=kube_stack.env)

@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 
 import docker
 import pytest
+import redis
+from helpers import stop_process
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 
-from kube_standin import IMAGE, LABEL, KubeStandin, kube_api, kube_standin
+from kube_standin import IMAGE, LABEL, KubeStandin, kube_api, kube_standin, standin
 
 FIXTURES = (kube_api, kube_standin)  # imported so that pytest finds them here
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 NS = "runner"
+PASSWORD = "s3cret-queue"
+QUEUE = "runner-queue.runner.svc.cluster.local"
 
 
 def _pod(name: str, command: str, **spec) -> dict:
@@ -35,26 +43,57 @@ def _pod(name: str, command: str, **spec) -> dict:
             "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5, "containers": [main]} | spec}
 
 
-def _wait_phase(core: client.CoreV1Api, name: str, phases: set[str], timeout: int = 30) -> client.V1Pod:
+def _wait_phase(core: client.CoreV1Api, name: str, phases: set[str], timeout: int = 30,
+                namespace: str = NS) -> client.V1Pod:
     """Watches the pod (fieldSelector on its name) until its phase is one of `phases`."""
     w = watch.Watch()
-    for event in w.stream(core.list_namespaced_pod, NS, field_selector=f"metadata.name={name}",
+    for event in w.stream(core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
                           timeout_seconds=timeout):
         pod = event["object"]
         if pod.status and pod.status.phase in phases:
             w.stop()
             return pod
-    raise AssertionError(f"pod {name} never reached {phases}: {core.read_namespaced_pod(name, NS).status}")
+    raise AssertionError(f"pod {name} never reached {phases}: {core.read_namespaced_pod(name, namespace).status}")
 
 
-def _logs(core: client.CoreV1Api, name: str, container: str | None = None, **kw) -> str:
-    resp = core.read_namespaced_pod_log(name, NS, container=container, _preload_content=False, **kw)
+def _logs(core: client.CoreV1Api, name: str, container: str | None = None, namespace: str = NS, **kw) -> str:
+    resp = core.read_namespaced_pod_log(name, namespace, container=container, _preload_content=False, **kw)
     return resp.data.decode()
 
 
 def _exec(core, name, command, **kw):
     options = {"stderr": True, "stdout": True, "stdin": False, "tty": False} | kw
     return stream(core.connect_get_namespaced_pod_exec, name, NS, command=command, **options)
+
+
+def _until(what: str, check, timeout: float = 20):
+    """Polls check() until it returns something truthy, and returns that; fails naming `what` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.1)
+    return got
+
+
+@pytest.fixture
+def redis_socket():
+    """A redis-server with a password, on a unix socket only (no TCP port), in a short directory of its own."""
+    if not shutil.which("redis-server"):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and the Redis tests are mandatory in CI")
+        pytest.skip("redis-server is not installed")
+    d = tempfile.mkdtemp(prefix="ksr-", dir="/tmp")
+    sock = os.path.join(d, "redis.sock")
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                             "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", d],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until("redis-server's socket", lambda: os.path.exists(sock) or proc.poll() is not None, 10)
+        assert proc.poll() is None, "redis-server did not start"
+        yield sock
+    finally:
+        stop_process(proc)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_pod_init_container_emptydir_env_logs_and_exec(kube_api):
@@ -464,3 +503,164 @@ def test_grace_period_ends_with_sigkill(kube_api):
     elapsed = time.monotonic() - start
     assert 2 <= elapsed < 8, elapsed
     assert gone.status.container_statuses[0].state.terminated.exit_code == 137
+
+
+def _forwarded(core, pod: str, ports: str):
+    return portforward(core.connect_get_namespaced_pod_portforward, pod, NS, ports=ports)
+
+
+def _read_all(sock) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_port_forward_reaches_the_pods_loopback(kube_api):
+    """The server listens on 127.0.0.1 only: the forward enters the pod's network namespace, it
+    does not dial a container address. One WebSocket per connection, as the client makes them."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(NS, _pod("web", "exec python3 -u -m http.server 8000 --bind 127.0.0.1"))
+    _wait_phase(core, "web", {"Running"})
+    _until("the http.server to listen", lambda: "Serving HTTP" in _logs(core, "web"))
+    for _ in range(2):  # two connections, one after the other
+        pf = _forwarded(core, "web", "8000")
+        pf.socket(8000).sendall(b"GET / HTTP/1.0\r\n\r\n")
+        answer = _read_all(pf.socket(8000))
+        assert answer.startswith(b"HTTP/1.0 200 OK") and b"Directory listing" in answer, answer[:200]
+        assert pf.error(8000) is None
+        pf.close()
+
+    # Two ports on one WebSocket (channels 0/1 and 2/3); nothing listens on the second one.
+    pf = _forwarded(core, "web", "8000,9")
+    assert _read_all(pf.socket(9)) == b""
+    assert "error forwarding port 9 to pod web" in pf.error(9) and "Connection refused" in pf.error(9)
+    pf.socket(8000).sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+    assert _read_all(pf.socket(8000)).startswith(b"HTTP/1.0 200 OK")
+    pf.close()
+
+
+def test_port_forward_is_refused_for_unknown_and_pending_pods(kube_api):
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_pod(NS, _pod("unplaced", "true", main={"resources": {"limits": {"nvidia.com/gpu": "1"}}}))
+    for pod, status in (("nowhere", "404"), ("unplaced", "400")):
+        # kubernetes 36 wraps a refused handshake in ApiException(status=0, body=None), then fails on
+        # that body with AttributeError: the status is in the wrapped exception's reason.
+        with pytest.raises((ApiException, AttributeError)) as e:
+            _forwarded(core, pod, "8000")
+        refused = e.value if isinstance(e.value, ApiException) else e.value.__context__
+        assert isinstance(refused, ApiException) and f"Handshake status {status}" in refused.reason, e.value
+
+
+RESP_PING = f"""
+import socket
+for name in ("runner-queue", "runner-queue.runner", "runner-queue.runner.svc"):
+    print(name, socket.gethostbyname(name))
+conn = socket.create_connection(("{QUEUE}", 6379), timeout=10)
+conn.sendall(b"AUTH {PASSWORD}\\r\\nPING\\r\\n")
+answer = b""
+while answer.count(b"\\r\\n") < 2:
+    answer += conn.recv(100)
+print(answer.decode().split())
+"""
+RESOLVE = """
+import socket
+for name in ("runner-queue", "{QUEUE}"):
+    try:
+        print(name, socket.gethostbyname(name))
+    except OSError:
+        print(name, "unknown")
+"""
+
+
+def test_loopback_service_reaches_a_host_unix_socket(redis_socket):
+    """A ClusterIP Service in front of a server outside the cluster: the pod dials the Service's
+    DNS name and its TCP connection lands on the host's unix socket (redis, with a password)."""
+    with standin(services={"runner-queue": (redis_socket, 6379)}) as kube:
+        core = client.CoreV1Api(kube.api_client())
+        core.create_namespaced_pod(NS, _pod("client", "", main={"command": ["python3", "-c", RESP_PING]}))
+        core.create_namespaced_pod("default", _pod("elsewhere", "", main={"command": [
+            "python3", "-c", RESOLVE.format(QUEUE=QUEUE)]}))
+        assert _wait_phase(core, "client", {"Succeeded", "Failed"}).status.phase == "Succeeded", _logs(core, "client")
+        lines = _logs(core, "client").splitlines()
+        assert lines[-1] == "['+OK', '+PONG']"
+        assert [line.split()[1] for line in lines[:3]] == ["127.0.1.1"] * 3  # the Service's loopback "cluster IP"
+        assert _wait_phase(core, "elsewhere", {"Succeeded", "Failed"}, namespace="default").status.phase == "Succeeded"
+        # From another namespace the bare name does not resolve (the DNS search path is that namespace's).
+        assert _logs(core, "elsewhere", namespace="default").splitlines() == ["runner-queue unknown",
+                                                                             f"{QUEUE} 127.0.1.1"]
+
+
+def _scaled_object(name: str, address: str, **spec) -> dict:
+    """A ScaledObject shaped as runner/_k8s/_keda.py renders it: lag wakes the Deployment, pending keeps it up."""
+    common = {"address": address, "databaseIndex": "0", "stream": "inputs", "consumerGroup": "workers"}
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicaCount": 0, "maxReplicaCount": 2, "pollingInterval": 1, "cooldownPeriod": 2,
+                     "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {
+                         "stabilizationWindowSeconds": 3}}}},
+                     "triggers": [{"type": "redis-streams", "name": "backlog", "authenticationRef": {"name": "queue"},
+                                   "metadata": common | {"lagCount": "1", "activationLagCount": "0"}},
+                                  {"type": "redis-streams", "name": "in-progress",
+                                   "authenticationRef": {"name": "queue"},
+                                   "metadata": common | {"pendingEntriesCount": "1"}}]} | spec}
+
+
+def test_keda_scales_a_deployment_on_a_redis_stream(redis_socket):
+    with standin(services={"runner-queue": (redis_socket, 6379)}) as kube:
+        api = kube.api_client()
+        core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+        keda = ("keda.sh", "v1alpha1", NS, "scaledobjects")
+        core.create_namespaced_secret(NS, {"metadata": {"name": "queue"}, "stringData": {"password": PASSWORD}})
+        custom.create_namespaced_custom_object("keda.sh", "v1alpha1", NS, "triggerauthentications", {
+            "apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication", "metadata": {"name": "queue"},
+            "spec": {"secretTargetRef": [{"parameter": "password", "name": "queue", "key": "password"}]}})
+        for name in ("worker", "lost"):
+            labels = {"app": name}
+            pod = {"terminationGracePeriodSeconds": 1,
+                   "containers": [{"name": "w", "image": IMAGE, "command": ["sleep", "infinity"]}]}
+            apps.create_namespaced_deployment(NS, {"metadata": {"name": name}, "spec": {
+                "replicas": 0, "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": pod}}})
+        custom.create_namespaced_custom_object(*keda, _scaled_object("worker", f"{QUEUE}:6379"))
+        custom.create_namespaced_custom_object(*keda, _scaled_object("lost", "redis.elsewhere:6379"))
+        queue = redis.Redis(unix_socket_path=redis_socket, password=PASSWORD)
+        queue.xgroup_create("inputs", "workers", id="$", mkstream=True)
+
+        def conditions(name: str) -> dict:
+            status = custom.get_namespaced_custom_object(*keda, name).get("status") or {}
+            return {c["type"]: c for c in status.get("conditions") or []}
+
+        def replicas(want: int) -> bool:
+            d = apps.read_namespaced_deployment("worker", NS)
+            pods = core.list_namespaced_pod(NS, label_selector="app=worker").items
+            return d.spec.replicas == want and (d.status.ready_replicas or 0) == want and len(pods) == want
+
+        lost = _until("the lost ScaledObject's Ready condition", lambda: conditions("lost").get("Ready"))
+        assert lost["status"] == "False" and lost["reason"] == "ScaledObjectCheckFailed"
+        assert "'redis.elsewhere:6379' is not a loopback service" in lost["message"], lost["message"]
+        assert _until("worker's Ready condition", lambda: conditions("worker").get("Ready"))["status"] == "True"
+        assert conditions("worker")["Active"]["status"] == "False"
+
+        ids = [queue.xadd("inputs", {"n": i}) for i in range(3)]  # lag 3: ceil(3/1), capped at maxReplicaCount 2
+        _until("the scale-up to 2", lambda: replicas(2), 30)
+        assert conditions("worker")["Active"]["status"] == "True"
+        assert custom.get_namespaced_custom_object(*keda, "worker")["status"]["lastActiveTime"]
+
+        queue.xreadgroup("workers", "w1", {"inputs": ">"}, count=10)  # lag 0, pending 3: still in progress
+        time.sleep(3.5)  # past the cooldown and the stabilization window
+        assert replicas(2)
+        queue.xack("inputs", "workers", *ids)
+        queue.xdel("inputs", *ids)
+        _until("the scale-down to 0 after the cooldown", lambda: replicas(0), 20)
+        assert conditions("worker")["Active"]["status"] == "False"
+
+        custom.patch_namespaced_custom_object(*keda, "worker", {"spec": {"minReplicaCount": 1}})
+        _until("the scale-up to minReplicaCount", lambda: replicas(1), 20)
+        # Scaled up by someone else (as a provider may do ahead of KEDA's next poll): kept for the window.
+        apps.patch_namespaced_deployment_scale("worker", NS, {"spec": {"replicas": 2}})
+        time.sleep(1.5)
+        assert apps.read_namespaced_deployment("worker", NS).spec.replicas == 2
+        _until("the scale-down to minReplicaCount after the window", lambda: replicas(1), 20)
+        queue.close()

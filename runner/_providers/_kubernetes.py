@@ -53,6 +53,7 @@ MAX_ENV = "RUNNER_KUBE_MAX_CONTAINERS"
 APP_ROOT = "/root/app"
 CLIENT_DIR = "/opt/runner-client"
 OWNER_HEARTBEAT = 10.0  # seconds between the client's heartbeats on its run's owner
+OWNER_TIMEOUT_ENV = "RUNNER_KUBE_OWNER_TIMEOUT"
 OWNER_TIMEOUT = 120.0  # a run owner not heartbeaten this long belongs to a client that is gone
 HEARTBEAT_ANNOTATION = "runner/heartbeat"
 START_PATIENCE = 120.0  # seconds a pod may stay unschedulable or failing before inputs fail
@@ -429,9 +430,10 @@ class KubernetesProvider(Provider):
         from .._k8s._meta import LABEL_KIND, MANAGED_BY
 
         now = time.time()
+        timeout = float(os.environ.get(OWNER_TIMEOUT_ENV) or OWNER_TIMEOUT)
         for cm in self.kube.list("ConfigMap", {MANAGED_BY: "runner", LABEL_KIND: "run"}):
             beat = ((cm.get("metadata") or {}).get("annotations") or {}).get(HEARTBEAT_ANNOTATION, "0")
-            if beat.isdigit() and now - int(beat) > OWNER_TIMEOUT:
+            if beat.isdigit() and now - int(beat) > timeout:
                 self.kube.delete("ConfigMap", cm["metadata"]["name"])
 
     def apply_owned(self, session: Any, manifests: list[dict]) -> None:

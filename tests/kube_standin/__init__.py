@@ -14,8 +14,10 @@ The layout follows the cluster's parts: `_store` is the API server's storage (ve
 deletion, GC) with `_types`, `_selectors`, `_patches` and `_validation` beside it; `_pods` is the
 kubelet (a pod is a pause container plus one Docker container per container) and `_podrefs` what
 it resolves from the spec (env, Secret and ConfigMap files, pull credentials); `_controllers` the
-Deployment/ReplicaSet/Job controllers; `_server` the HTTP and WebSocket face. docs/kubernetes.md,
-"The API stand-in", lists what it does and does not do.
+Deployment/ReplicaSet/Job controllers; `_keda` KEDA's operator and HPA for ScaledObjects with
+redis-streams triggers; `_loopback` the Services backed by host unix sockets (`services=`) and
+`_relay` the relay it and port-forwards run inside a pod's network namespace; `_server` the
+HTTP and WebSocket face. docs/kubernetes.md, "The API stand-in", lists what it does and does not do.
 
 Why not kmock: it is a good fake for request/response assertions, but it keeps no
 resourceVersions, uids, label selection or GC, and has no WebSocket exec; the behaviour a
@@ -25,6 +27,7 @@ provider depends on would all have been overrides, so the stand-in is plain aioh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import tempfile
@@ -39,24 +42,34 @@ from runner._context import pid_alive
 from aiohttp import web
 
 from ._controllers import Controllers
+from ._keda import Keda
+from ._loopback import LoopbackServices
 from ._pods import LABEL, PodRunner, remove_labelled
 from ._server import make_app
 from ._store import ApiError, Store
 
-__all__ = ["IMAGE", "LABEL", "ApiError", "KubeStandin", "kube_api", "kube_standin", "sweep_stale"]
+__all__ = ["IMAGE", "LABEL", "ApiError", "KubeStandin", "kube_api", "kube_standin", "standin", "sweep_stale"]
 
 IMAGE = "python:3.11-slim-bookworm"
 _counter = iter(range(1, 10**9))
 
 
 class KubeStandin:
-    """One stand-in API server. start() returns self; stop() removes every container and volume it made."""
+    """One stand-in API server. start() returns self; stop() removes every container and volume it made.
+
+    services maps a Service name (in `namespace`, or "name.namespace") to (absolute unix socket
+    path on the host, port): every pod reaches `name.<ns>.svc.cluster.local:port` (and the short
+    forms) as a connection to that socket, and KEDA triggers whose address names it read it; see
+    _loopback. The pause image must have python3 for these and for port-forwards.
+    """
 
     def __init__(self, namespaces: tuple[str, ...] = ("default", "kube-system", "runner"),
                  node_labels: dict[str, str] | None = None, node_resources: dict[str, str] | None = None,
-                 token: str | None = None, pause_image: str = IMAGE, namespace: str = "runner"):
+                 token: str | None = None, pause_image: str = IMAGE, namespace: str = "runner",
+                 services: dict[str, tuple[str, int]] | None = None):
         self.instance = f"{os.getpid()}-{next(_counter)}"
         self.namespace, self.token = namespace, token
+        self.services = LoopbackServices(services or {}, namespace)
         self.docker = docker.from_env()
         self.store = Store(namespaces)
         info = self.docker.info()
@@ -73,8 +86,9 @@ class KubeStandin:
             "nodeInfo": {"containerRuntimeVersion": f"docker://{info.get('ServerVersion', '')}",
                          "kubeletVersion": "v1.31.0-kube-standin", "operatingSystem": "linux",
                          "architecture": "amd64"}})
-        self.runner = PodRunner(self.store, self.instance, self.node, self.docker, pause_image)
+        self.runner = PodRunner(self.store, self.instance, self.node, self.docker, pause_image, self.services)
         self.controllers = Controllers(self.store)
+        self.keda = Keda(self.store, self.services)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -119,9 +133,11 @@ class KubeStandin:
         if failure:
             raise failure[0]
         self.controllers.start()
+        self.keda.start()
         return self
 
     def stop(self) -> None:
+        self.keda.stop()
         self.controllers.stop()
         self.runner.shutdown()
         for client in self._clients:
@@ -199,16 +215,23 @@ def _require_docker() -> None:
     require_docker()
 
 
+@contextlib.contextmanager
+def standin(**options) -> Iterator[KubeStandin]:
+    """A started KubeStandin(**options), as the fixture makes one (skipped without Docker), stopped after."""
+    _require_docker()
+    sweep_stale()
+    kube = KubeStandin(**options).start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
 @pytest.fixture
 def kube_standin() -> Iterator[KubeStandin]:
     """A started stand-in; everything it created in Docker is gone after the test."""
-    _require_docker()
-    sweep_stale()
-    standin = KubeStandin().start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
+    with standin() as kube:
+        yield kube
 
 
 @pytest.fixture

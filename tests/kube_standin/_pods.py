@@ -2,7 +2,8 @@
 
 One thread per pod walks the pod's life: schedule (nodeSelector and extended resources against the
 one fake node), volumes, a pause container that owns the pod's network namespace (so the pod's
-containers share localhost, as in Kubernetes), init containers in order, native sidecars
+containers share localhost and /etc/hosts, as in Kubernetes; with loopback services it also runs
+their relay, see _loopback), init containers in order, native sidecars
 (initContainers with restartPolicy: Always) left running, then the main containers, whose state
 is polled into status (phase, conditions, init/containerStatuses) until the pod ends. Deletion
 runs preStop hooks, stops the main containers with `docker stop -t <grace>` (SIGTERM, then
@@ -10,7 +11,8 @@ SIGKILL when the grace period is over), then the sidecars, then releases the pod
 
 Every container and volume carries the label `runner.kube-standin=<instance>`, and shutdown()
 removes them all. Nothing here ever reads or reports a container's bridge IP: the pod IP is not
-set, so callers reach containers only through the API (exec, logs).
+set, so callers reach containers only through the API (exec, logs, port-forward into the pause
+container's namespace).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import docker
 import docker.errors
 from docker.types import Mount
 
+from ._loopback import READY, LoopbackServices
 from ._podrefs import ConfigError, PodRefs, expand, parse_quantity
 from ._store import ApiError, Store, label_selector_matches, now
 
@@ -43,8 +46,9 @@ def _docker_time(text: str | None) -> str | None:
 
 class PodRunner:
     def __init__(self, store: Store, instance: str, node: dict, client: docker.DockerClient | None = None,
-                 pause_image: str = "python:3.11-slim-bookworm"):
+                 pause_image: str = "python:3.11-slim-bookworm", services: LoopbackServices | None = None):
         self.store, self.instance, self.node, self.pause_image = store, instance, node, pause_image
+        self.services = services or LoopbackServices({}, "")
         self.docker = client or docker.from_env()
         self._lives: dict[tuple[str, str], _PodLife] = {}
         self._lock = threading.Lock()
@@ -105,6 +109,16 @@ class PodRunner:
                 raise ApiError(400, "BadRequest", f"unable to upgrade connection: container not found "
                                f'("{container}")')
         return cid, container
+
+    def sandbox(self, namespace: str, pod: str) -> str:
+        """The docker id of a Running pod's pause container, whose network namespace a port-forward enters."""
+        phase = (self.store.get(self.store.resource("", "pods"), namespace, pod).get("status") or {}).get("phase")
+        with self._lock:
+            life = self._lives.get((namespace, pod))
+        if phase != "Running" or life is None or life.pause_id is None:
+            raise ApiError(400, "BadRequest", f"unable to upgrade connection: pod {pod} is not running "
+                           f"(phase {phase or 'Pending'})")
+        return life.pause_id
 
     # shutdown
 
@@ -307,11 +321,27 @@ class _PodLife:
     def _start_pause(self) -> None:
         meta = self.pod["metadata"]
         hostname = self.spec.get("hostname") or meta["name"][:63]
-        c = self.docker.containers.run(self.runner.pause_image, PAUSE_COMMAND, detach=True, hostname=hostname,
-                                       name=self._name("POD"), labels=self.labels | {f"{LABEL}.container": "POD"},
-                                       entrypoint=[], stop_signal="SIGKILL",
-                                       network_mode="none" if self._no_network() else None)
+        isolated = self._no_network()
+        services = self.runner.services if not isolated else None  # deny-all egress: no Service either
+        c = self.docker.containers.run(self.runner.pause_image,
+                                       services.pause_command() if services else PAUSE_COMMAND, detach=True,
+                                       hostname=hostname, name=self._name("POD"),
+                                       labels=self.labels | {f"{LABEL}.container": "POD"}, entrypoint=[],
+                                       stop_signal="SIGKILL", network_mode="none" if isolated else None,
+                                       extra_hosts=services.extra_hosts(self.key[0]) if services else None,
+                                       mounts=services.mounts() if services else None)
         self.pause_id = c.id
+        if services:
+            self._wait_for_relays()
+
+    def _wait_for_relays(self) -> None:
+        """The loopback services' relay listens before any container starts, so a client's first connect works."""
+        end = time.monotonic() + 20
+        while READY.encode() not in self.docker.api.logs(self.pause_id):
+            if not self.docker.api.inspect_container(self.pause_id)["State"]["Running"] or time.monotonic() > end:
+                tail = self.docker.api.logs(self.pause_id, tail=5).decode(errors="replace").strip()
+                raise RuntimeError(f"the loopback services' relay in the pause container did not start: {tail}")
+            self._sleep(0.05)
 
     def _no_network(self) -> bool:
         """True when a NetworkPolicy selecting this pod denies all egress (Egress in policyTypes, no rules).

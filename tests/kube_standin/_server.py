@@ -6,7 +6,10 @@ Paths are parsed the way the API server lays them out (`/api/v1/namespaces/{ns}/
 the resources. Watches are chunked JSON lines. pods/log streams `docker logs`; pods/exec is a
 WebSocket speaking the v4/v5 channel protocols (a leading channel byte: 0 stdin, 1 stdout,
 2 stderr, 3 the final v1 Status, 4 resize; v5 adds 255 to close a channel, which closes the
-process's stdin) bridged to `docker exec`.
+process's stdin) bridged to `docker exec`. pods/portforward is a v4 channel WebSocket too: port i
+of `ports` has data channel 2i and error channel 2i+1, each opened by the port number (2 bytes,
+little-endian); its TCP connection is `_relay.py connect PORT` run by `docker exec` in the pod's
+pause container, so 127.0.0.1 is the pod's own loopback and no container address is used.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import threading
 import time
 from typing import Any
 
+import docker.errors
 import yaml
 from aiohttp import WSMsgType, web
 
+from ._loopback import relay_command
 from ._pods import PodRunner
 from ._store import RESOURCES, ApiError, Resource, Store
 
@@ -163,6 +168,8 @@ class _Server:
             if sub == "attach":
                 raise ApiError(405, "MethodNotAllowed", "the stand-in does not implement pods/attach")
             return await self._exec(request, ns, name)
+        if sub == "portforward" and method in ("GET", "POST"):
+            return await self._portforward(request, ns, name)
         if sub in ("portforward", "binding", "eviction", "finalize"):
             raise ApiError(405, "MethodNotAllowed", f"the stand-in does not implement {res.plural}/{sub}")
         if sub == "scale":
@@ -327,20 +334,12 @@ class _Server:
         if not (want["stdin"] or want["stdout"] or want["stderr"]):
             raise ApiError(400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr")
         cid, _ = self.runner.container(ns, name, q.get("container"), running=True)
-        ws = web.WebSocketResponse(protocols=(V5, V4), autoping=True)
-        if not ws.can_prepare(request).ok or request.headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError(400, "BadRequest", "Upgrade request required (the stand-in speaks WebSocket "
-                           f"{V5} and {V4}, not SPDY)")
-        if ws.can_prepare(request).protocol is None:
-            raise ApiError(400, "BadRequest", f"none of the requested subprotocols is supported: {V5}, {V4}")
-        await ws.prepare(request)
+        ws = await _upgrade(request, (V5, V4))
         loop = asyncio.get_running_loop()
         api = self.docker.api
         tty = want["tty"]
-        exec_id = (await loop.run_in_executor(None, lambda: api.exec_create(
-            cid, command, stdin=want["stdin"], stdout=want["stdout"], stderr=want["stderr"], tty=tty)))["Id"]
-        sock = await loop.run_in_executor(None, lambda: api.exec_start(exec_id, socket=True, tty=tty))
-        raw: socket.socket = getattr(sock, "_sock", sock)
+        exec_id, raw = await self._docker_exec(cid, command, stdin=want["stdin"], stdout=want["stdout"],
+                                               stderr=want["stderr"], tty=tty)
         for channel, on in ((1, want["stdout"]), (2, want["stderr"]), (3, True)):
             if on:
                 await ws.send_bytes(bytes([channel]))
@@ -358,16 +357,13 @@ class _Server:
                 if channel == 0 and payload and want["stdin"]:
                     await loop.run_in_executor(None, raw.sendall, payload)
                 elif channel == 255 and ws.ws_protocol == V5 and payload[:1] == b"\x00":
-                    await loop.run_in_executor(None, _close_write, raw)
+                    await loop.run_in_executor(None, _shutdown, raw, socket.SHUT_WR)
                 elif channel == 4 and tty and payload:
                     size = json.loads(payload)
                     await loop.run_in_executor(None, functools.partial(
                         api.exec_resize, exec_id, height=size.get("Height"), width=size.get("Width")))
             # The client went away: let go of the process's streams so this handler ends too.
-            try:
-                raw.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(raw, socket.SHUT_RDWR)
         reader = asyncio.ensure_future(read_client())
         first = True
         failure = None
@@ -379,13 +375,7 @@ class _Server:
                     continue
                 first = False
                 await ws.send_bytes(bytes([channel]) + data)
-            code = None
-            for _ in range(100):
-                info = await loop.run_in_executor(None, api.exec_inspect, exec_id)
-                if not info["Running"]:
-                    code = info["ExitCode"]
-                    break
-                await asyncio.sleep(0.05)
+            code = await self._exit_code(exec_id)
             await ws.send_bytes(b"\x03" + json.dumps(_exec_status(command, code, failure)).encode())
             await ws.close()
         except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
@@ -398,10 +388,117 @@ class _Server:
                 pass
         return ws
 
+    async def _docker_exec(self, cid: str, command: list[str], **streams: bool) -> tuple[str, socket.socket]:
+        """Starts `command` in a container; returns the exec id and the raw socket of its attached streams."""
+        loop, api = asyncio.get_running_loop(), self.docker.api
+        exec_id = (await loop.run_in_executor(None, lambda: api.exec_create(cid, command, **streams)))["Id"]
+        sock = await loop.run_in_executor(None, lambda: api.exec_start(exec_id, socket=True,
+                                                                       tty=streams.get("tty", False)))
+        return exec_id, getattr(sock, "_sock", sock)
 
-def _close_write(raw: socket.socket) -> None:
+    async def _exit_code(self, exec_id: str) -> int | None:
+        """The exit code of an exec whose streams have ended (None if it still runs after 5 s)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            info = await loop.run_in_executor(None, self.docker.api.exec_inspect, exec_id)
+            if not info["Running"]:
+                return info["ExitCode"]
+            await asyncio.sleep(0.05)
+        return None
+
+    # port-forward
+
+    async def _portforward(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        """One TCP connection per port, made from inside the pod's network namespace (see the module docstring)."""
+        ports = _forward_ports(request.query)
+        pod = self.store.get(self.store.resource("", "pods"), ns, name)
+        sandbox = self.runner.sandbox(ns, name)
+        ws = await _upgrade(request, (V4,))
+        loop = asyncio.get_running_loop()
+        for i, port in enumerate(ports):  # each channel opens with its port number, as the kubelet's do
+            for channel in (2 * i, 2 * i + 1):
+                await ws.send_bytes(bytes([channel]) + struct.pack("<H", port))
+        try:
+            relays = [await self._docker_exec(sandbox, relay_command("connect", str(port)), stdin=True, stdout=True,
+                                              stderr=True) for port in ports]
+        except docker.errors.APIError as e:  # the pod stopped under us: say so on every error channel
+            for i, port in enumerate(ports):
+                await ws.send_bytes(bytes([2 * i + 1]) + f"error forwarding port {port} to pod {name}: "
+                                    f"{e.explanation or e}".encode())
+            await ws.close()
+            return ws
+
+        async def read_client() -> None:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY or len(msg.data) < 2 or msg.data[0] % 2:
+                    continue  # only data channels carry bytes from the client
+                index = msg.data[0] // 2
+                if index < len(relays):
+                    await loop.run_in_executor(None, relays[index][1].sendall, msg.data[1:])
+            for _, raw in relays:  # the client went away: so do the connections
+                _shutdown(raw, socket.SHUT_RDWR)
+        reader = asyncio.ensure_future(read_client())
+        uid = pod["metadata"]["uid"]
+        try:
+            await asyncio.gather(*(self._forward(ws, i, port, *relay, f"pod {name}, uid {uid}")
+                                   for i, (port, relay) in enumerate(zip(ports, relays))), return_exceptions=True)
+            await ws.close()
+        except (ConnectionResetError, RuntimeError, asyncio.CancelledError):
+            pass
+        finally:
+            reader.cancel()
+            for _, raw in relays:
+                raw.close()
+        return ws
+
+    async def _forward(self, ws: web.WebSocketResponse, index: int, port: int, exec_id: str, raw: socket.socket,
+                       pod: str) -> None:
+        """One port: the relay's stdout onto data channel 2i; what went wrong onto error channel 2i+1."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        threading.Thread(target=_pump_exec, args=(raw, False, loop, out), daemon=True).start()
+        errors = b""
+        while (item := await out.get()) is not None:
+            channel, data = item
+            if channel == 1 and not data.startswith(b"OCI runtime exec failed"):
+                await ws.send_bytes(bytes([2 * index]) + data)
+            else:
+                errors += data
+        code = await self._exit_code(exec_id)
+        if errors or code:
+            why = errors.decode(errors="replace").strip() or f"the relay in the pause container exited with {code}"
+            await ws.send_bytes(bytes([2 * index + 1]) + f"error forwarding port {port} to {pod}: {why}".encode())
+
+
+async def _upgrade(request: web.Request, protocols: tuple[str, ...]) -> web.WebSocketResponse:
+    """The WebSocket handshake for exec and port-forward; 400 as the API words it when it cannot be made."""
+    ws = web.WebSocketResponse(protocols=protocols, autoping=True)
+    if not ws.can_prepare(request).ok or request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError(400, "BadRequest", "Upgrade request required (the stand-in speaks WebSocket "
+                       f"{', '.join(protocols)}, not SPDY)")
+    if ws.can_prepare(request).protocol is None:
+        raise ApiError(400, "BadRequest", f"none of the requested subprotocols is supported: {', '.join(protocols)}")
+    await ws.prepare(request)
+    return ws
+
+
+def _forward_ports(q) -> list[int]:
+    """The `ports` query parameter(s), each a port or a comma-separated list (the client sends "8000,9000")."""
     try:
-        raw.shutdown(socket.SHUT_WR)
+        ports = [int(p) for value in q.getall("ports", []) for p in value.split(",") if p.strip()]
+    except ValueError:
+        raise ApiError(400, "BadRequest", f"invalid port in {q.getall('ports')}") from None
+    if not ports:
+        raise ApiError(400, "BadRequest", "at least one port must be given (query parameter ports)")
+    bad = [p for p in ports if not 0 < p < 65536]
+    if bad or len(set(ports)) != len(ports):
+        raise ApiError(400, "BadRequest", f"ports must be distinct TCP ports: {ports}")
+    return ports
+
+
+def _shutdown(raw: socket.socket, how: int) -> None:
+    try:
+        raw.shutdown(how)
     except OSError:
         pass
 

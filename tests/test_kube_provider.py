@@ -1,0 +1,311 @@
+"""The kubernetes provider end to end (level 2 of issue 7): `runner run` against the API stand-in
+(tests/kube_standin) through the official client, with a real redis-server as the stack's queue
+and Debian's registry as its registry (tests/kube_stack.py). Pods are Docker containers; nothing
+here reaches a pod but through the API (exec, logs, port-forward) and the queue.
+
+Each test runs an app as a user would (`runner run FILE` in a child process, with the stack's
+outputs in RUNNER_STACK_OUTPUTS) and asserts what the user sees, and what is left in the cluster
+and the queue afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from helpers import assert_one_line_error, run_cli, write
+
+pytestmark = pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else []
+
+
+def _env(stack, **extra) -> dict:
+    return {**os.environ, **stack.env, "KUBECONFIG": stack.kube.kubeconfig, **extra}
+
+
+def _run(stack, tmp_path, source: str, *args: str, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    path = write(tmp_path, "app.py", textwrap.dedent(source))
+    return run_cli(["run", str(path), *args], cwd=tmp_path, env=_env(stack, **env), timeout=timeout)
+
+
+def _objects(stack, app: str) -> dict[str, list[str]]:
+    """Names of the runner objects of `app` left in the stand-in, by kind (empty lists dropped)."""
+    from kubernetes import client
+
+    api = stack.kube.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    sel = f"runner/app={app}"
+    ns = stack.kube.namespace
+    found = {
+        "pods": [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=sel).items],
+        "deployments": [d.metadata.name for d in apps.list_namespaced_deployment(ns, label_selector=sel).items],
+        "secrets": [s.metadata.name for s in core.list_namespaced_secret(ns, label_selector=sel).items],
+        "configmaps": [c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector=sel).items],
+        "scaledobjects": [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
+            "keda.sh", "v1alpha1", ns, "scaledobjects", label_selector=sel)["items"]],
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+def _wait_gone(stack, app: str, timeout: float = 60) -> dict:
+    end = time.monotonic() + timeout
+    while True:
+        left = _objects(stack, app)
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.5)
+
+
+def _queue_keys(stack, pattern: str) -> list[bytes]:
+    import redis
+
+    r = redis.Redis(unix_socket_path=stack.socket, password=stack.password)
+    try:
+        return sorted(r.scan_iter(match=pattern))
+    finally:
+        r.close()
+
+
+CALLS = """
+import modal
+
+app = modal.App("kube-calls")
+
+
+@app.function(secrets=[modal.Secret.from_dict({"API_TOKEN": "s3cr3t-value-123"})])
+def square(x: int) -> int:
+    import os
+
+    assert os.environ["API_TOKEN"] == "s3cr3t-value-123"
+    return x * x
+
+
+@app.function()
+def fail(msg: str):
+    raise ValueError(msg)
+
+
+@app.function()
+def count(n: int):
+    for i in range(n):
+        yield i
+
+
+@app.cls()
+class Counter:
+    @modal.enter()
+    def start(self):
+        self.base = 100
+
+    @modal.method()
+    def add(self, x: int) -> int:
+        return self.base + x
+
+
+@app.local_entrypoint()
+def main():
+    import json
+    import subprocess
+
+    print("remote:", square.remote(7))
+    print("map:", list(square.map(range(6))))
+    print("starmap:", list(square.starmap([(2,), (3,)])))
+    call = square.spawn(9)
+    print("spawn:", call.get(timeout=120))
+    try:
+        fail.remote("bad input")
+    except ValueError as e:
+        print("error:", type(e).__name__, e)
+    print("gen:", list(count.remote_gen(3)))
+    print("cls:", Counter().add.remote(5))
+    # What the cluster holds while the run goes on: the pod spec names the Secret, never its value.
+    pods = subprocess.run(["kubectl", "get", "pods", "-l", "runner/app=kube-calls", "-o", "json"],
+                          capture_output=True, text=True, check=True).stdout
+    print("secret value in pod specs:", "s3cr3t-value-123" in pods)
+    print("secret referenced:", '"secretRef"' in pods)
+    other = subprocess.run(["python", "-c", "import runner; print(runner.FunctionCall.from_id(%r).get(timeout=60))"
+                            % square.spawn(11).object_id], capture_output=True, text=True)
+    print("from_id in another process:", other.stdout.strip() or other.stderr.strip()[-300:])
+"""
+
+
+def test_functions_classes_and_calls_run_on_pods_and_nothing_is_left(kube_stack, tmp_path):
+    proc = _run(kube_stack, tmp_path, CALLS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for line in ("remote: 49", "map: [0, 1, 4, 9, 16, 25]", "starmap: [4, 9]", "spawn: 81",
+                 "error: ValueError bad input", "gen: [0, 1, 2]", "cls: 105", "secret value in pod specs: False",
+                 "secret referenced: True", "from_id in another process: 121"):
+        assert line in out, out + proc.stderr
+    assert _wait_gone(kube_stack, "kube-calls") == {}  # the run's owner went, and the GC took the rest
+    assert _queue_keys(kube_stack, "rq:f:kube-calls/*:spec") == []
+
+
+SLOW = """
+import time
+
+import modal
+
+app = modal.App("kube-killed")
+
+
+@app.function()
+def slow():
+    time.sleep(600)
+
+
+@app.local_entrypoint()
+def main():
+    slow.spawn()
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_client_is_cleaned_up_by_the_next_run(kube_stack, tmp_path):
+    path = write(tmp_path, "app.py", textwrap.dedent(SLOW))
+    env = _env(kube_stack)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip().endswith("started") or True
+        end = time.monotonic() + 120
+        while "pods" not in _objects(kube_stack, "kube-killed"):
+            assert time.monotonic() < end, "the function's pod never appeared"
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no cleanup runs: the owner stays, its heartbeat stops
+        proc.wait()
+    assert "configmaps" in _objects(kube_stack, "kube-killed")
+    time.sleep(3)
+    done = _run(kube_stack, tmp_path, CALLS.replace("kube-calls", "kube-after"), RUNNER_KUBE_OWNER_TIMEOUT="2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _wait_gone(kube_stack, "kube-killed") == {}
+
+
+REDELIVER = """
+import subprocess
+import time
+
+import modal
+
+app = modal.App("kube-redeliver")
+attempts = modal.Dict.from_name("kube-redeliver-attempts", create_if_missing=True)
+
+
+@app.function(retries=0)
+def work(x: int) -> int:
+    attempts[x] = attempts.get(x, 0) + 1
+    time.sleep(4)
+    return x * 10
+
+
+@app.local_entrypoint()
+def main():
+    attempts.clear()
+    call = work.spawn(3)
+    while attempts.get(3, 0) < 1:
+        time.sleep(0.1)
+    pod = subprocess.run(["kubectl", "get", "pods", "-l", "runner/app=kube-redeliver,runner/kind=worker",
+                          "-o", "jsonpath={.items[0].metadata.name}"], capture_output=True, text=True).stdout
+    names = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    container = next(n for n in names.split() if n.startswith(f"k8s_main_{pod}_"))
+    # A spot node lost mid-input: its processes die at once (no drain), then the API drops its pods.
+    subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+    subprocess.run(["kubectl", "delete", "pod", pod, "--grace-period=0", "--force"], check=True, capture_output=True)
+    print("result:", call.get(timeout=120))
+    print("attempts:", attempts[3])
+"""
+
+
+def test_an_input_whose_pod_dies_is_delivered_again_without_using_a_retry(kube_stack, tmp_path):
+    proc = _run(kube_stack, tmp_path, REDELIVER)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "result: 30" in proc.stdout, proc.stdout + proc.stderr
+    assert "attempts: 2" in proc.stdout, proc.stdout  # run again after the lease, though retries=0
+
+
+VOLUME = """
+import json
+import subprocess
+import time
+
+import modal
+
+app = modal.App("kube-volume")
+vol = modal.Volume.from_name("kube-sigterm-vol", create_if_missing=True)
+
+
+@app.function(volumes={"/data": vol})
+def write(token: str):
+    with open(f"/data/{token}.txt", "w") as f:
+        f.write("kept " + token)  # no commit: the sidecar's trap must upload it when the pod stops
+
+
+@app.function(volumes={"/data": vol})
+def read(token: str) -> str:
+    vol.reload()
+    return open(f"/data/{token}.txt").read()
+
+
+@app.local_entrypoint()
+def main(token: str):
+    write.remote(token)
+    sel = "runner/app=kube-volume,runner/function=write"
+    subprocess.run(["kubectl", "delete", "pods", "-l", sel, "--wait=true", "--timeout=90s"], check=True,
+                   capture_output=True)  # SIGTERM, as for a spot preemption or a scale-down
+    print("after SIGTERM:", read.remote(token))
+"""
+
+
+def test_writes_are_uploaded_when_the_pod_is_terminated(kube_stack, tmp_path):
+    token = f"t{os.getpid()}"
+    proc = _run(kube_stack, tmp_path, VOLUME, "--token", token)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"after SIGTERM: kept {token}" in proc.stdout, proc.stdout + proc.stderr
+    assert (kube_stack.bucket / "volumes" / "kube-sigterm-vol" / f"{token}.txt").read_text() == f"kept {token}"
+
+
+GPU = """
+import modal
+
+app = modal.App("kube-gpu")
+
+
+@app.function(gpu="H100")
+def train():
+    return 1
+
+
+@app.local_entrypoint()
+def main():
+    train.remote()
+"""
+
+
+def test_a_gpu_the_stack_does_not_offer_is_one_line_before_anything_is_created(kube_stack, tmp_path):
+    proc = _run(kube_stack, tmp_path, GPU)
+    assert_one_line_error(proc, "H100")
+    assert _objects(kube_stack, "kube-gpu") == {}
+
+
+def test_stack_problems_are_one_line_each(kube_stack, tmp_path):
+    hello = "import modal\napp = modal.App('kube-bad')\n@app.function()\ndef f():\n    return 1\n"
+    proc = _run(kube_stack, tmp_path, hello, RUNNER_STACK_OUTPUTS=str(tmp_path / "missing.json"))
+    assert_one_line_error(proc, "missing.json")
+    proc = run_cli(["--cloud", "gcp", "run", str(write(tmp_path, "h.py", hello))], cwd=tmp_path,
+                   env=_env(kube_stack))
+    assert_one_line_error(proc, "--cloud gcp", "local")
+    outputs = json.loads(kube_stack.outputs.read_text())
+    outputs["kubeconfig"] = outputs["kubeconfig"].replace(kube_stack.kube.url, "http://127.0.0.1:9")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(outputs))
+    proc = _run(kube_stack, tmp_path, hello, RUNNER_STACK_OUTPUTS=str(broken))
+    assert_one_line_error(proc, "does not answer")
