@@ -193,9 +193,12 @@ class App:
         """The deployed app named `name` (`runner deploy`), e.g. to create sandboxes in; with
         `create_if_missing=True` an app that was never deployed is created empty."""
         from ._deploy import create_empty, read_state, unknown_app
+        from ._deployed import _on_cluster
         from ._home import check_name
 
         check_name(name, "app")
+        if _on_cluster():
+            from ._kube_deploy import create_empty, read_state  # noqa: F811 - the cluster's apps instead
         state = read_state(name)
         if state is None:
             if not create_if_missing:

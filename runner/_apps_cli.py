@@ -11,10 +11,25 @@ app_cli = typer.Typer(name="app", help="List, stop and read the logs of deployed
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-def deploy_command(target: str, module: bool, name: Optional[str], port: Optional[int]) -> None:
-    from ._deploy import deploy
+def _on_cluster() -> bool:
+    from ._deployed import _on_cluster
 
-    state = deploy(target, module, name, port)
+    return _on_cluster()
+
+
+def deploy_command(target: str, module: bool, name: Optional[str], port: Optional[int]) -> None:
+    if _on_cluster():
+        from ._kube_deploy import deploy as deploy_to_cluster
+
+        if port is not None:
+            from .exception import InvalidError
+
+            raise InvalidError("--port is for a deploy on this host; on a cluster, web endpoints are Services")
+        state = deploy_to_cluster(target, module, name)
+    else:
+        from ._deploy import deploy
+
+        state = deploy(target, module, name, port)
     verb = "Deployed" if state["version"] == 1 else f"Redeployed (version {state['version']})"
     print(f"{verb} app {state['name']} ({state['id']}) on the {state['provider']} provider.")
     for fname, url in state["web"].items():
@@ -28,9 +43,11 @@ def deploy_command(target: str, module: bool, name: Optional[str], port: Optiona
 
 @app_cli.command("list")
 def app_list() -> None:
-    """The deployed apps on this host."""
+    """The deployed apps on this host (on the stack's cluster with the kubernetes provider)."""
     from ._deploy import deployed_apps
 
+    if _on_cluster():
+        from ._kube_deploy import list_apps as deployed_apps  # noqa: F811
     apps = deployed_apps()
     if not apps:
         print("No deployed apps. Deploy one with `runner deploy FILE`.")
@@ -51,6 +68,8 @@ def app_stop(name: str = typer.Argument(..., help="the deployed app")) -> None:
     """Stop a deployed app: its containers stop, its URLs go away."""
     from ._deploy import stop
 
+    if _on_cluster():
+        from ._kube_deploy import stop  # noqa: F811
     stop(name)
     print(f"Stopped app {name}.")
 
@@ -64,4 +83,6 @@ def app_logs(
     """Print a deployed app's log: its own lines and its containers' output."""
     from ._deploy import follow_logs
 
+    if _on_cluster():
+        from ._kube_deploy import follow_logs  # noqa: F811
     follow_logs(name, follow)

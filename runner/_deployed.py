@@ -532,9 +532,18 @@ class RemotePool:
         return self.channel.chunk
 
 
+def _on_cluster() -> bool:
+    """Whether deployed apps are looked up on the stack's cluster (the kubernetes provider)."""
+    import os
+
+    return os.environ.get("RUNNER_PROVIDER") == "kubernetes"
+
+
 def _describe(app_name: str) -> dict:
     from ._deploy import read_state, unknown_app
 
+    if _on_cluster():
+        from ._kube_deploy import read_state
     state = read_state(app_name)
     if state is None:
         raise unknown_app(app_name)
@@ -572,6 +581,10 @@ class DeployedFunction(Function):
         info = self._info or self.hydrate()._info
         if info["web"]:
             raise InvalidError(f"{self._name} is a web function: call it over HTTP at {info['url']}")
+        if "key" in info:  # deployed to a cluster: through its queue
+            from ._kube_deploy import lookup_pool
+
+            return lookup_pool(self._app_name, info, self._name)
         return RemotePool(self._app_name, {"function": self._name}, self._name)
 
     def _web_label(self) -> str | None:
@@ -646,6 +659,13 @@ class _DeployedMethod(_Invocable):
 
     def _pool(self):
         cls = self._obj._cls
+        if "key" in cls._info:  # deployed to a cluster: its default instance, through its queue
+            if self._obj._params:
+                raise InvalidError(f"{self._name}: instances with parameters are not deployed to a cluster yet; "
+                                   f"call {cls._name}() with no parameters, or deploy with --provider docker")
+            from ._kube_deploy import lookup_pool
+
+            return lookup_pool(cls._app_name, cls._info, self._name)
         return RemotePool(cls._app_name, {"cls": cls._name, "params": self._obj._params}, self._name)
 
     def local(self, *args, **kwargs):

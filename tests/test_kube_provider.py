@@ -309,3 +309,97 @@ def test_stack_problems_are_one_line_each(kube_stack, tmp_path):
     broken.write_text(json.dumps(outputs))
     proc = _run(kube_stack, tmp_path, hello, RUNNER_STACK_OUTPUTS=str(broken))
     assert_one_line_error(proc, "does not answer")
+
+
+DEPLOYED = """
+import modal
+
+app = modal.App("kube-deployed")
+
+
+@app.function()
+def square(x: int) -> int:
+    return x * x + OFFSET
+
+
+@app.function(schedule=modal.Period(minutes=10))
+def tick():
+    print("tick ran")
+
+
+@app.cls()
+class Greeter:
+    greeting: str = modal.parameter(default="hello")
+
+    @modal.method()
+    def greet(self, who: str) -> str:
+        return f"{self.greeting}, {who}"
+
+
+OFFSET = 0
+"""
+
+
+def _python(stack, code: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=_env(stack), timeout=timeout)
+
+
+def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(kube_stack, tmp_path):
+    from kubernetes import client
+
+    path = write(tmp_path, "deployed.py", DEPLOYED)
+    env = _env(kube_stack)
+    done = run_cli(["deploy", str(path)], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Deployed app kube-deployed" in done.stdout and "tick runs every 10m" in done.stdout
+
+    spawned = _python(kube_stack, """
+        import runner as modal
+        f = modal.Function.from_name("kube-deployed", "square")
+        print("remote:", f.remote(9), "map:", list(f.map(range(4))))
+        print("cls:", modal.Cls.from_name("kube-deployed", "Greeter")().greet.remote("ada"))
+        print("spawned:", f.spawn(12).object_id)
+    """)
+    assert spawned.returncode == 0, spawned.stdout + spawned.stderr
+    assert "remote: 81 map: [0, 1, 4, 9]" in spawned.stdout and "cls: hello, ada" in spawned.stdout
+    call_id = spawned.stdout.split("spawned:")[1].split()[0]
+    got = _python(kube_stack, f"import runner; print(runner.FunctionCall.from_id({call_id!r}).get(timeout=120))")
+    assert got.stdout.strip() == "144", got.stdout + got.stderr  # its client exited before it was read
+
+    # The schedule is a CronJob; a Job made from it (as the CronJob controller would) queues one call.
+    batch = client.BatchV1Api(kube_stack.kube.api_client())
+    ns = kube_stack.kube.namespace
+    cron = batch.read_namespaced_cron_job("kube-deployed-tick", ns)
+    assert cron.spec.schedule.endswith("-59/10 * * * *")
+    owner = client.V1OwnerReference(api_version="batch/v1", kind="CronJob", name=cron.metadata.name,
+                                    uid=cron.metadata.uid, controller=True)  # as the CronJob controller sets it
+    batch.create_namespaced_job(ns, client.V1Job(
+        metadata=client.V1ObjectMeta(name="tick-now", labels=cron.spec.job_template.metadata.labels,
+                                     owner_references=[owner]),
+        spec=cron.spec.job_template.spec))
+    end = time.monotonic() + 120
+    while "tick ran" not in run_cli(["app", "logs", "kube-deployed"], cwd=tmp_path, env=env).stdout:
+        assert time.monotonic() < end, "the scheduled call never ran"
+        time.sleep(1)
+
+    listed = run_cli(["app", "list"], cwd=tmp_path, env=env)
+    assert "kube-deployed" in listed.stdout and "square, tick, Greeter" in listed.stdout
+
+    path.write_text(DEPLOYED.replace("OFFSET = 0", "OFFSET = 1000"))
+    again = run_cli(["deploy", str(path)], cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "version 2" in again.stdout, again.stdout + again.stderr
+    end = time.monotonic() + 120
+    while True:  # the rolling update replaces the pods; then every call answers from version 2
+        out = _python(kube_stack, "import runner; print(runner.Function.from_name('kube-deployed', 'square').remote(2))")
+        if out.stdout.strip() == "1004":
+            break
+        assert out.stdout.strip() == "4" and time.monotonic() < end, out.stdout + out.stderr
+        time.sleep(1)
+
+    stopped = run_cli(["app", "stop", "kube-deployed"], cwd=tmp_path, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _wait_gone(kube_stack, "kube-deployed", timeout=90) == {}
+    assert _queue_keys(kube_stack, "rq:f:kube-deployed/*:spec") == []
+    gone = run_cli(["app", "stop", "kube-deployed"], cwd=tmp_path, env=env)
+    assert_one_line_error(gone, "kube-deployed", "runner app list")

@@ -107,8 +107,11 @@ class Workload:
 
     @property
     def queue_key(self) -> str:
-        """The function's key on the queue plane (runner._plane.Keys): its input stream and spec."""
-        return "/".join((self.app, self.function, self.run_id))
+        """The function's key on the queue plane (runner._plane.Keys): its input stream and spec.
+        A deployed function keeps its key across versions, so inputs queued before a redeploy are
+        taken by the new version's pods instead of being stranded on the old one's stream."""
+        parts = (self.app, self.function) if self.deployed else (self.app, self.function, self.run_id)
+        return "/".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

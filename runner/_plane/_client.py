@@ -109,7 +109,8 @@ class QueuePool:
     this caller's result stream by one thread and handed to each input's sink."""
 
     def __init__(self, target: Target, url: str, *, key: str | None = None, app_root: str | None = None,
-                 lease: float = 10.0, deadline: float | None = None, secrets_in_spec: bool = True):
+                 lease: float = 10.0, deadline: float | None = None, secrets_in_spec: bool = True,
+                 registered: bool = False):
         self.target, self.url, self.name = target, url, target.name
         self.keys = W.Keys(key or target.name)
         self.deadline = deadline  # seconds after enqueueing past which an input is not started
@@ -123,7 +124,8 @@ class QueuePool:
         self.ema: float | None = None
         self.duplicates = 0  # results dropped because their input had finished already
         self._soft: list[str] = []
-        register(self.r, self.keys, target, app_root, lease, secrets_in_spec)
+        if not registered:  # `registered`: a deployed function's spec, put there by its deploy
+            register(self.r, self.keys, target, app_root, lease, secrets_in_spec)
         pipe = self.r.pipeline(transaction=True)
         pipe.xadd(self.reply, {"h": b""})  # the stream exists from now on: workers write with NOMKSTREAM
         pipe.xtrim(self.reply, maxlen=0)

@@ -510,11 +510,29 @@ def serve_web(worker: Worker) -> None:
     worker.drain()
 
 
+def enqueue_scheduled(worker: Worker) -> str:
+    """Mode "schedule" (a CronJob's pod): queue one call of the function with the arguments its
+    deploy stored (none), as a spawned call whose record holds the result, and return its id. The
+    function's own workers run it, with its retries and timeout; this pod only queues it."""
+    args = worker.r.hget(worker.keys.spec, "schedule_args")
+    if args is None:
+        raise SystemExit(f"runner schedule: function {worker.keys.fn!r} has no schedule")
+    call_id = f"fc-{secrets.token_hex(10)}"
+    now = time.time()
+    head = W.input_header(call_id, W.reply_key("schedule"), None, "call", 1, 0, True, now, None)
+    pipe = worker.r.pipeline(transaction=True)
+    pipe.hset(W.call_key(call_id), mapping={"fn": worker.keys.fn, "name": worker.spec.get("name", ""), "at": now})
+    pipe.expire(W.call_key(call_id), W.CALL_TTL)
+    pipe.xadd(worker.keys.inputs, {"h": head, "b": args})
+    pipe.execute()
+    return call_id
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m runner._plane.worker", description="a runner queue worker")
     ap.add_argument("--url", default=os.environ.get(W.URL_ENV) or pod_url())
     ap.add_argument("--function", default=os.environ.get(W.FUNCTION_ENV))
-    ap.add_argument("--mode", default=os.environ.get(W.MODE_ENV) or "queue", choices=("queue", "web"))
+    ap.add_argument("--mode", default=os.environ.get(W.MODE_ENV) or "queue", choices=("queue", "web", "schedule"))
     args = ap.parse_args(argv)
     if not args.url or not args.function:
         raise SystemExit(f"runner worker: give --url and --function (or {W.URL_ENV} and {W.FUNCTION_ENV})")
@@ -525,6 +543,11 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.mode == "schedule":
+        worker.load_spec(wait=60)
+        print(f"runner schedule: queued {enqueue_scheduled(worker)} for {args.function}", file=sys.stderr, flush=True)
+        shutil.rmtree(worker._dir, ignore_errors=True)
+        return
     worker.spawn_agent()
     worker.load_spec()
     threading.Thread(target=worker.writer, name="plane-writer", daemon=True).start()

@@ -34,24 +34,47 @@ LEASE = 10.0
 
 
 class KubePool(QueuePool):
-    def __init__(self, provider: Any, session: Any, target: Any, w: Any):
-        from .._k8s import function_manifests, labels
-
-        self.provider, self.kube, self.w = provider, provider.kube, w
-        self.max_containers = w.options.max_containers
-        self.selector = {k: v for k, v in labels(w.app, w.function, w.run_id, "worker").items()}
-        url = provider.cluster.queue_url()
-        super().__init__(target, url, key=w.queue_key, app_root=APP_ROOT, lease=LEASE, secrets_in_spec=False)
-        self.session = session  # FunctionCall keeps spawned calls on the run's session
+    def __init__(self, cluster: Any, session: Any, target: Any, *, key: str, deployment: str,
+                 selector: dict[str, str], max_containers: int, min_containers: int = 0,
+                 apply: Any = None, registered: bool = False):
+        self.kube, self.deployment, self.selector = cluster.kube, deployment, selector
+        self.max_containers, self.min_containers = max_containers, min_containers
+        super().__init__(target, cluster.queue_url(), key=key, app_root=APP_ROOT, lease=LEASE,
+                         secrets_in_spec=False, registered=registered)
+        if session is not None:
+            self.session = session  # FunctionCall keeps spawned calls on the run's session
         try:
-            provider.apply_owned(session, function_manifests(provider.stack, w))
+            if apply is not None:
+                apply()
         except BaseException:
             super().close()
             raise
-        self._asked = w.options.min_containers
+        self._asked = min_containers
         self._wake = threading.Event()
         self._closed = False
-        threading.Thread(target=self._scaler, name=f"runner-kube-scale-{w.function}", daemon=True).start()
+        threading.Thread(target=self._scaler, name=f"runner-kube-scale-{deployment}", daemon=True).start()
+
+    @classmethod
+    def for_run(cls, provider: Any, session: Any, target: Any, w: Any) -> KubePool:
+        """The pool of a function of this run: its objects applied (owned by the run), its spec registered."""
+        from .._k8s import function_manifests, labels
+
+        return cls(provider.cluster, session, target, key=w.queue_key, deployment=w.name,
+                   selector=labels(w.app, w.function, w.run_id, "worker"), max_containers=w.options.max_containers,
+                   min_containers=w.options.min_containers,
+                   apply=lambda: provider.apply_owned(session, function_manifests(provider.stack, w)))
+
+    @classmethod
+    def lookup(cls, cluster: Any, target: Any, key: str, deployment: str, app: str) -> KubePool:
+        """A deployed function's pool, from any process: its spec is on the queue already."""
+        from .._k8s._meta import selector
+
+        dep = cluster.kube.get("Deployment", deployment) or {}
+        function = ((dep.get("metadata") or {}).get("labels") or {}).get("runner/function", "")
+        maximum = next((o["spec"].get("maxReplicaCount", 1) for o in [cluster.kube.get("ScaledObject", deployment)]
+                        if o), 1)
+        return cls(cluster, None, target, key=key, deployment=deployment, selector=selector(app, function, "worker"),
+                   max_containers=maximum, registered=True)
 
     # ---- the call API ------------------------------------------------------------------------
     def submit(self, inputs: list) -> None:
@@ -62,7 +85,7 @@ class KubePool(QueuePool):
         return None
 
     def warm(self) -> bool | None:
-        return len(self._running()) >= self.w.options.min_containers
+        return len(self._running()) >= self.min_containers
 
     def close(self) -> list:
         self._closed = True
@@ -93,13 +116,13 @@ class KubePool(QueuePool):
                 wanted = self._wanted()
                 now = time.monotonic()
                 if wanted > self._asked or (wanted and now - last_scale > 15):
-                    dep = self.kube.get("Deployment", self.w.name) or {}
+                    dep = self.kube.get("Deployment", self.deployment) or {}
                     current = (dep.get("spec") or {}).get("replicas") or 0
                     if wanted > current:
-                        self.kube.scale(self.w.name, wanted)
+                        self.kube.scale(self.deployment, wanted)
                     self._asked, last_scale = max(wanted, current), now
                 if not wanted:
-                    self._asked = min(self._asked, self.w.options.min_containers)
+                    self._asked = min(self._asked, self.min_containers)
                     stuck_since = None
                     continue
                 pods = self.kube.pods(self.selector)

@@ -461,7 +461,7 @@ class KubernetesProvider(Provider):
         if target.web is not None:
             raise InvalidError(f"{target.name} is a web function; it is served through the front door")
         w = self.workload(session, target)
-        pool = KubePool(self, session, target, w)
+        pool = KubePool.for_run(self, session, target, w)
         self._functions.append(w.queue_key)
         return pool
 
