@@ -1,16 +1,19 @@
 """Sandboxes: Modal's `Sandbox` API, containers to start, exec into, and read and write files in.
 
-A sandbox is a container (docker) or a detached host process (embedded) whose first process is the
-supervisor in `runner._sandbox_agent`. A Sandbox object keeps one connection to it, over a unix
-socket, and multiplexes everything on it: exec, stdin, output streamed back as it is produced, and
-file operations. So an exec starts no process on the host (no `docker exec`), and output arrives
-while commands run.
+A sandbox is a container (docker), a Pod (kubernetes) or a detached host process (embedded) whose
+first process is the supervisor in `runner._sandbox_agent` (on kubernetes, its child: see
+`runner._sandbox_kube`). A Sandbox object keeps one connection to it, over a unix socket (on
+kubernetes, one pods/exec stream bridged to that socket in the pod), and multiplexes everything on
+it: exec, stdin, output streamed back as it is produced, and file operations. So an exec starts no
+process on the host (no `docker exec`), and output arrives while commands run.
 
-`$RUNNER_HOME/sb/<id>/` holds `meta.json` (provider, container or pid, tunnels, app, deadline) and
-`tags.json`, written by clients only. Its `run/` directory is what the supervisor sees (bind-mounted
-at /run/runner-sb in a container): the socket, the spec, the main command's output and the `exit`
-file. Exit code and output being files, `wait()`, `returncode` and `sb.stdout` work after a
-container has removed itself, and `Sandbox.from_id` works from any process on this host.
+`$RUNNER_HOME/sb/<id>/` holds `meta.json` (provider, container, pid or pod, tunnels, app, deadline)
+and `tags.json`, written by clients only. Its `run/` directory is what the supervisor sees
+(bind-mounted at /run/runner-sb in a container): the socket, the spec, the main command's output
+and the `exit` file. A pod's supervisor has its own run directory, and the client copies its
+`exit` file and output here from the pod's log once the pod has ended. Exit code and output being
+files, `wait()`, `returncode` and `sb.stdout` work after a container or pod has been removed, and
+`Sandbox.from_id` works from any process on this host.
 
 Lifetimes follow Modal: a sandbox outlives the client that created it and ends when its command
 exits, at `timeout`, after `idle_timeout`, or on `terminate()`; one created with an app inside
@@ -22,9 +25,10 @@ GRACE seconds, so other processes can still read how they ended, then swept (in 
 per process) by the next client process that creates, lists or looks up a sandbox.
 
 Differences from Modal, by necessity: tunnels are plain TCP on 127.0.0.1 (no TLS, no public URL),
-for `encrypted_ports` too. On the embedded provider there is no image and no filesystem isolation
-(the sandbox is a process of this host), `memory` limits each process's address space, and
-`block_network` needs root (a private network namespace).
+for `encrypted_ports` too, and there are none yet on the kubernetes provider. On the embedded
+provider there is no image and no filesystem isolation (the sandbox is a process of this host),
+`memory` limits each process's address space, and `block_network` needs root (a private network
+namespace).
 """
 
 from __future__ import annotations

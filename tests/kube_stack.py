@@ -11,7 +11,7 @@ ties them together, exactly as `pulumi stack output --json --show-secrets` would
 (RUNNER_STACK_OUTPUTS) and says where this machine reaches the queue (RUNNER_QUEUE_ADDRESS: the
 socket itself; on a real cluster the provider port-forwards to the queue's pod instead).
 
-`python -m tests.kube_stack` brings one up and prints that env, for trying the provider by hand.
+`python tests/kube_stack.py` brings one up and prints that env, for trying the provider by hand.
 """
 
 from __future__ import annotations

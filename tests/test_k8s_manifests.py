@@ -472,7 +472,7 @@ def test_scaled_object_maps_min_max_cooldown_and_targets_the_deployment():
         assert t["type"] == "redis-streams"
         assert t["authenticationRef"] == {"name": ta["metadata"]["name"]}
         assert t["metadata"]["address"] == "runner-queue.runner.svc.cluster.local:6379"
-        assert t["metadata"]["stream"] == Keys("demo/square/ap-7Kq2").inputs  # the queue plane's own stream
+        assert t["metadata"]["stream"] == Keys("demo/square").inputs  # the plane's stream; deployed: no run id
         assert t["metadata"]["consumerGroup"] == "workers"
         assert "password" not in json.dumps(t["metadata"]).lower()
     assert lag["metadata"]["lagCount"] == "1" and "pendingEntriesCount" not in lag["metadata"]

@@ -66,6 +66,8 @@ class Kube:
     def __init__(self, api: Any, namespace: str):
         self.api, self.namespace = api, namespace
         self.server = api.configuration.host
+        self._stream_lock = threading.Lock()
+        self._stream_api: Any = None
 
     # ---- REST --------------------------------------------------------------------------------
     def path(self, kind: str, name: str | None = None, sub: str | None = None) -> str:
@@ -172,6 +174,21 @@ class Kube:
     def port_forward(self, pod: str, port: int) -> PortForward:
         return PortForward(self, pod, port)
 
+    def websocket(self, what: str, pod: str, **kwargs: Any) -> Any:
+        """A WebSocket to `pod`'s "exec" or "portforward" (kubernetes.stream's client objects).
+        `stream()` swaps its ApiClient's request method for the length of the call, so these go
+        through a client of their own, one handshake at a time, never racing the REST calls."""
+        from kubernetes import client
+        from kubernetes.stream import portforward, stream
+
+        with self._stream_lock:
+            if self._stream_api is None:
+                self._stream_api = client.ApiClient(configuration=self.api.configuration)
+            core = client.CoreV1Api(self._stream_api)
+            if what == "exec":
+                return stream(core.connect_get_namespaced_pod_exec, pod, self.namespace, **kwargs)
+            return portforward(core.connect_get_namespaced_pod_portforward, pod, self.namespace, **kwargs)
+
 
 class PortForward:
     """A loopback listener (127.0.0.1, a free port) whose every connection is carried to `port` of
@@ -194,13 +211,8 @@ class PortForward:
             threading.Thread(target=self._carry, args=(conn,), daemon=True).start()
 
     def _carry(self, conn: socket.socket) -> None:
-        from kubernetes import client
-        from kubernetes.stream import portforward
-
         try:
-            core = client.CoreV1Api(self.kube.api)
-            pf = portforward(core.connect_get_namespaced_pod_portforward, self.pod, self.kube.namespace,
-                             ports=str(self.port))
+            pf = self.kube.websocket("portforward", self.pod, ports=str(self.port))
             remote = pf.socket(self.port)
         except Exception:  # noqa: BLE001 - the pod went away: the connection just closes
             conn.close()
