@@ -126,8 +126,11 @@ def main():
     print("gen:", list(count.remote_gen(3)))
     print("cls:", Counter().add.remote(5))
     # What the cluster holds while the run goes on: the pod spec names the Secret, never its value.
-    pods = subprocess.run(["kubectl", "get", "pods", "-l", "runner/app=kube-calls", "-o", "json"],
-                          capture_output=True, text=True, check=True).stdout
+    from kubernetes import client, config
+
+    api = config.new_client_from_config()
+    got = client.CoreV1Api(api).list_namespaced_pod("runner", label_selector="runner/app=kube-calls")
+    pods = json.dumps(api.sanitize_for_serialization(got))
     print("secret value in pod specs:", "s3cr3t-value-123" in pods)
     print("secret referenced:", '"secretRef"' in pods)
     other = subprocess.run(["python", "-c", "import runner; print(runner.FunctionCall.from_id(%r).get(timeout=60))"
@@ -213,13 +216,16 @@ def main():
     call = work.spawn(3)
     while attempts.get(3, 0) < 1:
         time.sleep(0.1)
-    pod = subprocess.run(["kubectl", "get", "pods", "-l", "runner/app=kube-redeliver,runner/kind=worker",
-                          "-o", "jsonpath={.items[0].metadata.name}"], capture_output=True, text=True).stdout
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config())
+    sel = "runner/app=kube-redeliver,runner/kind=worker"
+    pod = core.list_namespaced_pod("runner", label_selector=sel).items[0].metadata.name
     names = subprocess.run(["docker", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     container = next(n for n in names.split() if n.startswith(f"k8s_main_{pod}_"))
     # A spot node lost mid-input: its processes die at once (no drain), then the API drops its pods.
     subprocess.run(["docker", "kill", container], check=True, capture_output=True)
-    subprocess.run(["kubectl", "delete", "pod", pod, "--grace-period=0", "--force"], check=True, capture_output=True)
+    core.delete_namespaced_pod(pod, "runner", grace_period_seconds=0)
     print("result:", call.get(timeout=120))
     print("attempts:", attempts[3])
 """
@@ -257,10 +263,16 @@ def read(token: str) -> str:
 
 @app.local_entrypoint()
 def main(token: str):
+    from kubernetes import client, config
+
     write.remote(token)
+    core = client.CoreV1Api(config.new_client_from_config())
     sel = "runner/app=kube-volume,runner/function=write"
-    subprocess.run(["kubectl", "delete", "pods", "-l", sel, "--wait=true", "--timeout=90s"], check=True,
-                   capture_output=True)  # SIGTERM, as for a spot preemption or a scale-down
+    core.delete_collection_namespaced_pod("runner", label_selector=sel)  # SIGTERM, as for a preemption
+    end = time.monotonic() + 90
+    while core.list_namespaced_pod("runner", label_selector=sel).items:  # gone: its final upload is done
+        assert time.monotonic() < end, "the pod was not deleted"
+        time.sleep(0.2)
     print("after SIGTERM:", read.remote(token))
 """
 

@@ -262,3 +262,29 @@ def test_timeout_and_cancel_on_a_local_worker(redis_server):
         if q is not None:
             q._queue_pool.close()
         stop_process(worker, 15)
+
+
+def test_a_worker_whose_python_differs_from_the_client_fails_every_input_with_the_reason(redis_server):
+    """cloudpickle's bytes are only good between equal Python versions: a worker whose image runs
+    another version than the client that registered the function fails its inputs, saying why."""
+    import pickle
+
+    from runner._plane import _wire as W
+    from runner.exception import VersionError
+
+    app = runner.App(f"plane-version-{RUN}")
+    key = f"{app.name}.sleepy"
+    sleepy = app.function(serialized=True)(_sleepy)
+    q = through_queue(sleepy, redis_server["url"], key=key, lease=LEASE)
+    r = redis.Redis.from_url(redis_server["url"])
+    spec = pickle.loads(r.hget(W.Keys(key).spec, "spec"))
+    assert spec["client_python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    r.hset(W.Keys(key).spec, "spec", pickle.dumps({**spec, "client_python": "3.99"}))  # as from another client
+    worker = start_local_worker(redis_server["url"], key, env={"PYTHONPATH": str(ROOT)})
+    try:
+        with pytest.raises(VersionError, match="runs Python 3.99; they must match"):
+            q.remote(0.1)
+    finally:
+        q._queue_pool.close()
+        r.close()
+        stop_process(worker, 15)

@@ -64,6 +64,9 @@ def register(r, keys: W.Keys, target: Target, app_root: str | None, lease: float
     if target.web is not None and web is None:
         raise InvalidError(f"{target.name} is a web function; the queue plane carries inputs, not HTTP requests")
     spec, blobs = target.init_message(_WorkerView(app_root, web))
+    from .._image import local_python
+
+    spec["client_python"] = local_python()  # the worker checks its image's against it
     if not secrets_in_spec:
         spec["secret_env"] = {}
     retries = target.options.retries

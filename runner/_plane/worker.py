@@ -165,8 +165,17 @@ class Worker:
         hello, _ = conn.recv()
         if hello.get("op") != P.HELLO or hello.get("token") != token:
             raise SystemExit("runner worker: the agent did not say hello")
-        conn.send({"op": P.INIT, "spec": self.spec}, self.blobs)
-        header, blobs = conn.recv()
+        client = self.spec.get("client_python")
+        if client and hello.get("python") != client:  # cloudpickle's bytes are only good between equal versions
+            from ..exception import VersionError
+
+            err = VersionError(f"{self.spec.get('name')}: the image runs Python {hello.get('python')} but the client "
+                               f"that registered it runs Python {client}; they must match (use Image.debian_slim("
+                               f"python_version='{client}'))")
+            header, blobs = {"op": P.INIT_FAILED, "tb": ""}, [_dump_exc(err)]
+        else:
+            conn.send({"op": P.INIT, "spec": self.spec}, self.blobs)
+            header, blobs = conn.recv()
         if header["op"] == P.INIT_FAILED:
             self.init_error = (bytes(blobs[0]), header.get("tb") or "")
             conn.close()
