@@ -254,8 +254,8 @@ class Pool:
 
     # ---- dispatch --------------------------------------------------------------------------
     def window(self) -> int:
-        if self.ema is None:
-            return self.base + 1
+        if self.ema is None:  # no prefetch until an input's time is known: the containers starting with
+            return self.base  # this one would otherwise find the first one up holding their inputs
         return self.base + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.ema, 1e-6)))
 
     def _assign(self) -> list[tuple[Container, list[Input]]]:

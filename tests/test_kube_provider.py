@@ -415,3 +415,58 @@ def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(ku
     assert _queue_keys(kube_stack, "rq:f:kube-deployed/*:spec") == []
     gone = run_cli(["app", "stop", "kube-deployed"], cwd=tmp_path, env=env)
     assert_one_line_error(gone, "kube-deployed", "runner app list")
+
+
+SCALING = """
+import time
+
+import modal
+
+app = modal.App("kube-scaling")
+
+
+@app.function(min_containers=1)
+def warm() -> str:
+    return "warm"
+
+
+@app.function(scaledown_window=2)
+def brief(x: int) -> int:
+    return x + 1
+
+
+def pods(function: str) -> int:
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config())
+    sel = f"runner/app=kube-scaling,runner/function={function}"
+    return sum(1 for p in core.list_namespaced_pod("runner", label_selector=sel).items
+               if p.status.phase == "Running" and not p.metadata.deletion_timestamp)
+
+
+def wait(check, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@app.local_entrypoint()
+def main():
+    print("brief:", brief.remote(1))
+    print("warm before any call:", wait(lambda: pods("warm") == 1, 60))
+    print("brief scaled to zero:", wait(lambda: pods("brief") == 0, 60))
+    time.sleep(8)  # past the cooldown: min_containers stays
+    print("warm still:", pods("warm") == 1, warm.remote())
+"""
+
+
+def test_min_containers_stay_warm_and_idle_functions_scale_to_zero(kube_stack, tmp_path):
+    """KEDA's objects as rendered (minReplicaCount, cooldownPeriod = scaledown_window), run by the
+    stand-in's KEDA controller on the real queue."""
+    proc = _run(kube_stack, tmp_path, SCALING)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in ("brief: 2", "warm before any call: True", "brief scaled to zero: True", "warm still: True warm"):
+        assert line in proc.stdout, proc.stdout + proc.stderr
