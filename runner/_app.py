@@ -192,18 +192,16 @@ class App:
     def lookup(name: str, *, create_if_missing: bool = False, environment_name: str | None = None) -> App:
         """The deployed app named `name` (`runner deploy`), e.g. to create sandboxes in; with
         `create_if_missing=True` an app that was never deployed is created empty."""
-        from ._deploy import create_empty, read_state, unknown_app
-        from ._deployed import _on_cluster
+        from ._deploy import unknown_app
+        from ._deployed import apps
         from ._home import check_name
 
         check_name(name, "app")
-        if _on_cluster():
-            from ._kube_deploy import create_empty, read_state  # noqa: F811 - the cluster's apps instead
-        state = read_state(name)
+        state = apps().read_state(name)
         if state is None:
             if not create_if_missing:
                 raise unknown_app(name)
-            state = create_empty(name)
+            state = apps().create_empty(name)
         app = App(name)
         app._deployed_id = state["id"]
         return app
@@ -265,6 +263,7 @@ class App:
                 session.close()
                 raise
         output().status(f"app {self.name or ''} running on the {prov.name} provider ({self._session.id})")
+        self._start_warm(self._session)
         restore = _sigterm_as_exit()
         try:
             with whole_lines():
@@ -275,6 +274,19 @@ class App:
                     session.close()
         finally:
             restore()
+
+    def _start_warm(self, session: Any) -> None:
+        """Start the `min_containers` of every function as the app starts, as on Modal, in the
+        background: a function that cannot start says so at its first call instead."""
+        def start(target: Any) -> None:
+            try:
+                session.pool(target)
+            except Exception:  # noqa: BLE001 - raised again, to the caller, at the first call
+                pass
+
+        for f in self._functions.values():
+            if f._options.min_containers and f._web_label() is None:
+                threading.Thread(target=start, args=(f._target(),), name="runner-warm", daemon=True).start()
 
     def _require_session(self, fn_name: str):
         session = self._session

@@ -11,14 +11,16 @@ app_cli = typer.Typer(name="app", help="List, stop and read the logs of deployed
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-def _on_cluster() -> bool:
-    from ._deployed import _on_cluster
+def _apps():
+    from ._deployed import apps
 
-    return _on_cluster()
+    return apps()
 
 
 def deploy_command(target: str, module: bool, name: Optional[str], port: Optional[int]) -> None:
-    if _on_cluster():
+    from ._deployed import on_cluster
+
+    if on_cluster():
         from ._kube_deploy import deploy as deploy_to_cluster
 
         if port is not None:
@@ -44,11 +46,7 @@ def deploy_command(target: str, module: bool, name: Optional[str], port: Optiona
 @app_cli.command("list")
 def app_list() -> None:
     """The deployed apps on this host (on the stack's cluster with the kubernetes provider)."""
-    from ._deploy import deployed_apps
-
-    if _on_cluster():
-        from ._kube_deploy import list_apps as deployed_apps  # noqa: F811
-    apps = deployed_apps()
+    apps = _apps().deployed_apps()
     if not apps:
         print("No deployed apps. Deploy one with `runner deploy FILE`.")
         return
@@ -66,11 +64,7 @@ def app_list() -> None:
 @app_cli.command("stop")
 def app_stop(name: str = typer.Argument(..., help="the deployed app")) -> None:
     """Stop a deployed app: its containers stop, its URLs go away."""
-    from ._deploy import stop
-
-    if _on_cluster():
-        from ._kube_deploy import stop  # noqa: F811
-    stop(name)
+    _apps().stop(name)
     print(f"Stopped app {name}.")
 
 
@@ -81,8 +75,4 @@ def app_logs(
                                 help="keep printing new lines until the app stops (Ctrl-C ends)"),
 ) -> None:
     """Print a deployed app's log: its own lines and its containers' output."""
-    from ._deploy import follow_logs
-
-    if _on_cluster():
-        from ._kube_deploy import follow_logs  # noqa: F811
-    follow_logs(name, follow)
+    _apps().follow_logs(name, follow)

@@ -532,19 +532,27 @@ class RemotePool:
         return self.channel.chunk
 
 
-def _on_cluster() -> bool:
-    """Whether deployed apps are looked up on the stack's cluster (the kubernetes provider)."""
+def on_cluster() -> bool:
+    """Whether deployed apps live on the stack's cluster (the kubernetes provider) for this process."""
     import os
 
     return os.environ.get("RUNNER_PROVIDER") == "kubernetes"
 
 
-def _describe(app_name: str) -> dict:
-    from ._deploy import read_state, unknown_app
+def apps() -> Any:
+    """Where deployed apps live: runner._kube_deploy on a cluster, else runner._deploy (this host).
+    Both have read_state, create_empty, deployed_apps, stop and follow_logs."""
+    if on_cluster():
+        from . import _kube_deploy as where
+    else:
+        from . import _deploy as where
+    return where
 
-    if _on_cluster():
-        from ._kube_deploy import read_state
-    state = read_state(app_name)
+
+def _describe(app_name: str) -> dict:
+    from ._deploy import unknown_app
+
+    state = apps().read_state(app_name)
     if state is None:
         raise unknown_app(app_name)
     return state

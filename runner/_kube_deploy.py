@@ -32,7 +32,7 @@ from typing import Any
 from ._output import output
 from .exception import InvalidError, NotFoundError
 
-__all__ = ["deploy", "follow_logs", "list_apps", "lookup_pool", "read_state", "stop"]
+__all__ = ["create_empty", "deploy", "deployed_apps", "follow_logs", "lookup_pool", "read_state", "stop"]
 
 STATE_KEY = "state"
 
@@ -200,7 +200,7 @@ def lookup_pool(app_name: str, info: dict, name: str) -> Any:
 
 
 # ---- runner app list | stop | logs -----------------------------------------------------------------
-def list_apps() -> dict[str, dict]:
+def deployed_apps() -> dict[str, dict]:
     from ._k8s._meta import LABEL_KIND, MANAGED_BY
 
     out = {}

@@ -111,3 +111,25 @@ def kube_stack(tmp_path_factory):
 
     with KubeStack(tmp_path_factory.mktemp("kube-stack")) as stack:
         yield stack
+
+
+@pytest.fixture
+def make():
+    """Sandbox.create that terminates what it made when the test ends, however it ends."""
+    from runner import Sandbox
+    from runner.exception import ClientClosed
+
+    made = []
+
+    def create(*args, **kwargs):
+        kwargs.setdefault("timeout", 120)
+        sb = Sandbox.create(*args, **kwargs)
+        made.append(sb)
+        return sb
+
+    yield create
+    for sb in made:
+        try:
+            sb.terminate()
+        except ClientClosed:
+            Sandbox.from_id(sb.object_id).terminate()

@@ -182,3 +182,38 @@ def own_runner_home(prefix: str):
         finally:
             stop_managed_server()
             shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_on_socket(prefix: str, password: str | None = None, perm: str = "777"):
+    """A private redis-server on a unix socket only (no TCP port), in a short directory of its own
+    under /tmp (a socket path must fit in about 100 bytes); yields (socket path, directory). Skips
+    when redis-server is missing, except in CI (.ci/run installs it), where that fails."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    import pytest
+
+    if not shutil.which("redis-server"):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and the Redis tests are mandatory in CI")
+        pytest.skip("redis-server is not installed")
+    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(d, 0o777)
+    sock = os.path.join(d, "redis.sock")
+    args = ["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", perm, "--save", "",
+            "--appendonly", "no", "--dir", d]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+        yield sock, pathlib.Path(d)
+    finally:
+        stop_process(proc)
+        shutil.rmtree(d, ignore_errors=True)

@@ -19,11 +19,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import pathlib
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from helpers import serve_registry, stop_process  # noqa: E402
+from helpers import redis_on_socket, serve_registry  # noqa: E402
 from kube_standin import KubeStandin  # noqa: E402
 
 QUEUE_SERVICE = "runner-queue"
@@ -57,22 +55,8 @@ class KubeStack:
         return self
 
     def _start(self) -> None:
-        # A short directory for the socket: a unix socket path must fit in about 100 bytes.
-        sock_dir = pathlib.Path(tempfile.mkdtemp(prefix="kq-", dir="/tmp"))
-        self._stack.callback(shutil.rmtree, sock_dir, True)
-        os.chmod(sock_dir, 0o777)
-        self.socket = str(sock_dir / "redis.sock")
         self.password = secrets.token_hex(16)
-        conf = sock_dir / "redis.conf"
-        conf.write_text(f"port 0\nunixsocket {self.socket}\nunixsocketperm 777\nrequirepass {self.password}\n"
-                        f"dir {sock_dir}\nsave \"\"\nappendonly no\n")
-        redis = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._stack.callback(stop_process, redis)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket):
-            if redis.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+        self.socket, _ = self._stack.enter_context(redis_on_socket("kq-", password=self.password))
         registry_root = self.root / "registry"
         registry_root.mkdir(parents=True, exist_ok=True)
         self.registry = self._stack.enter_context(serve_registry(registry_root))

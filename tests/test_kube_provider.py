@@ -22,7 +22,7 @@ import pytest
 
 from helpers import assert_one_line_error, run_cli, write
 
-pytestmark = pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else []
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
 
 def _env(stack, **extra) -> dict:
@@ -470,3 +470,51 @@ def test_min_containers_stay_warm_and_idle_functions_scale_to_zero(kube_stack, t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in ("brief: 2", "warm before any call: True", "brief scaled to zero: True", "warm still: True warm"):
         assert line in proc.stdout, proc.stdout + proc.stderr
+
+
+RELAY = """
+import socket, threading
+def pump(a, b):
+    try:
+        while (data := a.recv(65536)):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        b.close()
+server = socket.create_server(("127.0.0.1", 6379))
+while True:
+    conn, _ = server.accept()
+    up = socket.create_connection(("runner-queue.runner.svc.cluster.local", 6379))
+    threading.Thread(target=pump, args=(conn, up), daemon=True).start()
+    threading.Thread(target=pump, args=(up, conn), daemon=True).start()
+"""
+
+
+def test_without_a_queue_address_the_client_port_forwards_to_the_queue_pod(kube_stack, tmp_path):
+    """How a client outside the cluster reaches the queue on a real cluster: a port-forward through
+    the API to a pod of the queue's Service. Here that pod relays to the stand-in's queue."""
+    from kubernetes import client
+
+    from kube_standin import IMAGE
+
+    core = client.CoreV1Api(kube_stack.kube.api_client())
+    ns = kube_stack.kube.namespace
+    core.create_namespaced_service(ns, {"metadata": {"name": "runner-queue"}, "spec": {
+        "selector": {"app": "queue-relay"}, "ports": [{"port": 6379, "targetPort": 6379}]}})
+    core.create_namespaced_pod(ns, {"metadata": {"name": "queue-relay", "labels": {"app": "queue-relay"}}, "spec": {
+        "containers": [{"name": "relay", "image": IMAGE, "command": ["python3", "-c", RELAY]}]}})
+    try:
+        end = time.monotonic() + 60
+        while core.read_namespaced_pod("queue-relay", ns).status.phase != "Running":
+            assert time.monotonic() < end, "the relay pod did not start"
+            time.sleep(0.2)
+        env = {k: v for k, v in _env(kube_stack).items() if k != "RUNNER_QUEUE_ADDRESS"}
+        path = write(tmp_path, "app.py", CALLS.replace("kube-calls", "kube-forwarded"))
+        proc = run_cli(["run", str(path)], cwd=tmp_path, env=env, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "remote: 49" in proc.stdout and "map: [0, 1, 4, 9, 16, 25]" in proc.stdout, proc.stdout
+    finally:
+        core.delete_namespaced_pod("queue-relay", ns, grace_period_seconds=0)
+        core.delete_namespaced_service("runner-queue", ns)
+    assert _wait_gone(kube_stack, "kube-forwarded") == {}

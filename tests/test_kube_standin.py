@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 
 import docker
 import pytest
 import redis
-from helpers import stop_process
+from helpers import redis_on_socket
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward, stream
@@ -78,22 +74,8 @@ def _until(what: str, check, timeout: float = 20):
 @pytest.fixture
 def redis_socket():
     """A redis-server with a password, on a unix socket only (no TCP port), in a short directory of its own."""
-    if not shutil.which("redis-server"):
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed, and the Redis tests are mandatory in CI")
-        pytest.skip("redis-server is not installed")
-    d = tempfile.mkdtemp(prefix="ksr-", dir="/tmp")
-    sock = os.path.join(d, "redis.sock")
-    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
-                             "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", d],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _until("redis-server's socket", lambda: os.path.exists(sock) or proc.poll() is not None, 10)
-        assert proc.poll() is None, "redis-server did not start"
+    with redis_on_socket("ksr-", password=PASSWORD, perm="700") as (sock, _):
         yield sock
-    finally:
-        stop_process(proc)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_pod_init_container_emptydir_env_logs_and_exec(kube_api):

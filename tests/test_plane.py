@@ -13,10 +13,8 @@ from __future__ import annotations
 import itertools
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
@@ -24,7 +22,7 @@ import uuid
 import pytest
 import redis
 from conftest import require_docker
-from helpers import stop_process
+from helpers import redis_on_socket, stop_process
 
 import runner
 from runner._plane import docker_worker_args, find_call, start_local_worker, through_queue
@@ -95,25 +93,8 @@ def _app():
 @pytest.fixture(scope="module")
 def redis_server():
     """A private redis-server on a unix socket in a short directory of its own."""
-    if not shutil.which("redis-server"):
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed, and the Redis tests are mandatory in CI")
-        pytest.skip("redis-server is not installed")
-    d = tempfile.mkdtemp(prefix="rqt-", dir="/tmp")
-    os.chmod(d, 0o777)
-    sock = os.path.join(d, "redis.sock")
-    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "777",
-                             "--save", "", "--appendonly", "no", "--dir", d],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-        yield {"url": f"unix://{sock}?db=0", "sock": sock, "dir": pathlib.Path(d)}
-    finally:
-        stop_process(proc)
-        shutil.rmtree(d, ignore_errors=True)
+    with redis_on_socket("rqt-") as (sock, d):
+        yield {"url": f"unix://{sock}?db=0", "sock": sock, "dir": d}
 
 
 @pytest.fixture(scope="module")

@@ -28,25 +28,6 @@ from runner.exception import (
 Sandbox = runner.Sandbox
 
 
-@pytest.fixture
-def make():
-    """Sandbox.create that terminates what it made when the test ends, however it ends."""
-    made = []
-
-    def create(*args, **kwargs):
-        kwargs.setdefault("timeout", 120)
-        sb = Sandbox.create(*args, **kwargs)
-        made.append(sb)
-        return sb
-
-    yield create
-    for sb in made:
-        try:
-            sb.terminate()
-        except ClientClosed:
-            Sandbox.from_id(sb.object_id).terminate()
-
-
 def control_dirs() -> set[str]:
     """The sandbox control directories under this run's RUNNER_HOME (see conftest.py)."""
     root = os.path.join(os.environ["RUNNER_HOME"], "sb")

@@ -20,44 +20,17 @@ import runner
 from runner.exception import ConflictError, ExecutionError, InvalidError, NotFoundError, SandboxTimeoutError
 
 Sandbox = runner.Sandbox
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(90)]
-
-
-@pytest.fixture(scope="module")
-def kstack():
-    from conftest import require_docker
-    from kube_stack import KubeStack
-    from kube_standin import sweep_stale
-
-    require_docker()
-    sweep_stale()
-    with KubeStack() as stack:
-        yield stack
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(90), pytest.mark.usefixtures("kube")]
 
 
 @pytest.fixture
-def kube(kstack, monkeypatch):
+def kube(kube_stack, monkeypatch):
     """The stack's Kube (runner._providers._kube_api), with the environment selecting it."""
-    for k, v in kstack.env.items():
+    for k, v in kube_stack.env.items():
         monkeypatch.setenv(k, v)
     from runner._providers._kubernetes import cluster
 
     return cluster().kube
-
-
-@pytest.fixture
-def make(kube):
-    made = []
-
-    def create(*args, **kwargs):
-        kwargs.setdefault("timeout", 60)
-        sb = Sandbox.create(*args, **kwargs)
-        made.append(sb)
-        return sb
-
-    yield create
-    for sb in made:
-        sb.terminate()
 
 
 def meta(sb) -> dict:
@@ -72,12 +45,12 @@ def eventually(check, seconds=20.0, why=""):
         time.sleep(0.05)
 
 
-def containers_of(kstack, pod: str) -> list:
-    return [c for c in kstack.kube.containers() if c.labels.get("runner.kube-standin.pod") == f"runner/{pod}"]
+def containers_of(kube_stack, pod: str) -> list:
+    return [c for c in kube_stack.kube.containers() if c.labels.get("runner.kube-standin.pod") == f"runner/{pod}"]
 
 
 # ---- the acceptance flow, over one pods/exec stream -----------------------------------------------
-def test_exec_stdin_streaming_files_and_terminate(kube, make, kstack):
+def test_exec_stdin_streaming_files_and_terminate(kube, make, kube_stack):
     sb = make()
     m = meta(sb)
     assert m["provider"] == "kubernetes" and m["namespace"] == kube.namespace and m["pod"] == sb.object_id
@@ -225,15 +198,15 @@ def test_secrets_are_secret_objects_not_in_the_pod_spec(kube, make):
                 assert b"s3cr3t-value" not in f.read(), name
 
 
-def test_terminate_and_an_end_leave_nothing_behind(kube, make, kstack):
+def test_terminate_and_an_end_leave_nothing_behind(kube, make, kube_stack):
     sb = make(block_network=True, secrets=[runner.Secret.from_dict({"K": "v"})])
     objects = meta(sb)["objects"]
     assert sorted(kind for kind, _ in objects) == ["NetworkPolicy", "Pod", "Secret"]
     assert all(kube.get(kind, name) is not None for kind, name in objects)
-    assert containers_of(kstack, sb.object_id)
+    assert containers_of(kube_stack, sb.object_id)
     sb.terminate()
     assert [o for o in objects if kube.get(*o) is not None] == []
-    assert containers_of(kstack, sb.object_id) == []
+    assert containers_of(kube_stack, sb.object_id) == []
     assert not os.path.exists(os.path.join(os.environ["RUNNER_HOME"], "sb", sb.object_id))
     with pytest.raises(NotFoundError):
         Sandbox.from_id(sb.object_id)
@@ -243,7 +216,7 @@ def test_terminate_and_an_end_leave_nothing_behind(kube, make, kstack):
     done.wait()
     assert done.returncode == 0
     assert [o for o in objects if kube.get(*o) is not None] == []
-    eventually(lambda: not containers_of(kstack, done.object_id), why="the pod's containers are still there")
+    eventually(lambda: not containers_of(kube_stack, done.object_id), why="the pod's containers are still there")
     assert Sandbox.from_id(done.object_id).stdout.read() == "done\n"  # its end is kept a while, to be read
 
 
