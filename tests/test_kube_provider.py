@@ -518,3 +518,33 @@ def test_without_a_queue_address_the_client_port_forwards_to_the_queue_pod(kube_
         core.delete_namespaced_pod("queue-relay", ns, grace_period_seconds=0)
         core.delete_namespaced_service("runner-queue", ns)
     assert _wait_gone(kube_stack, "kube-forwarded") == {}
+
+
+CRASHING = """
+import modal
+
+app = modal.App("kube-crashing")
+
+
+@app.function(env={"PYTHONPATH": "/nowhere"})  # hides runner from the worker: its container keeps exiting
+def broken():
+    return 1
+
+
+@app.local_entrypoint()
+def main():
+    try:
+        broken.remote()
+    except Exception as e:
+        print("raised:", type(e).__name__, str(e).splitlines()[0])
+        print("log tail shown:", "No module named" in str(e))
+"""
+
+
+def test_a_function_whose_pods_cannot_start_fails_its_calls_with_the_reason(kube_stack, tmp_path):
+    proc = _run(kube_stack, tmp_path, CRASHING)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "raised: ExecutionError no pod of broken could start: container main" in proc.stdout, proc.stdout
+    assert "CrashLoopBackOff" in proc.stdout, proc.stdout + proc.stderr
+    assert "log tail shown: True" in proc.stdout, proc.stdout
+    assert _wait_gone(kube_stack, "kube-crashing") == {}
