@@ -1,7 +1,7 @@
 """KEDA objects (keda.sh/v1alpha1) that scale a worker Deployment on its queue.
 
-One input stream per function (`stream_name`: the queue plane's `rq:f:APP/FUNCTION/RUN:in`) read
-by one consumer group (`workers`). The ScaledObject has two redis-streams triggers on it:
+One input stream per function (`stream_name`: the queue plane's `rq:f:APP/FUNCTION/RUN:in`, or
+`rq:f:APP/FUNCTION:in` when deployed) read by one consumer group (`workers`). The ScaledObject has two redis-streams triggers on it:
 
 - `lagCount`: entries added but not yet delivered to the group (XINFO GROUPS lag, Redis 7+). This
   is the only redis-streams metric that moves while no worker runs, so it is what wakes the

@@ -26,6 +26,17 @@ SPLIT = "split"
 EXPIRED = "expired"  # not started before its deadline
 
 
+def with_password(url: str, password: str) -> str:
+    """`url` (redis://HOST:PORT/DB, rediss://..., unix:///PATH?db=N) authenticating with `password`."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":  # (urlunsplit would drop the empty authority: unix:/path)
+        return url + ("&" if parts.query else "?") + urllib.parse.urlencode({"password": password})
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f":{urllib.parse.quote(password, safe='')}@{host}"))
+
+
 class Keys:
     """The Redis keys of one function."""
 

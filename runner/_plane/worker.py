@@ -489,19 +489,9 @@ class Worker:
 def pod_url() -> str | None:
     """The queue's URL from a Kubernetes pod's env (RUNNER_QUEUE_URL, and the password the pod
     reads from the stack's Secret as RUNNER_QUEUE_PASSWORD), or None outside one."""
-    import urllib.parse
-
     url = os.environ.get(W.POD_URL_ENV)
-    if not url:
-        return None
     password = os.environ.get(W.POD_PASSWORD_ENV)
-    if not password:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "unix":
-        return url + ("&" if parts.query else "?") + urllib.parse.urlencode({"password": password})
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f":{urllib.parse.quote(password, safe='')}@{host}"))
+    return W.with_password(url, password) if url and password else url or None
 
 
 def serve_web(worker: Worker) -> None:

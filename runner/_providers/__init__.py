@@ -3,7 +3,9 @@
 The input plane (`runner._session`) decides what runs and when; a provider only builds images,
 starts a container that runs the agent, reports whether it is alive, and stops it. The embedded
 provider needs nothing installed and doubles as the fast test double; the docker provider runs
-real containers.
+real containers. The kubernetes provider (`_kubernetes`) is the exception: it starts no container
+itself but gives the session its own pools (`queue_pool`, `web_pool`), whose pods on a stack's
+cluster pull inputs from the stack's queue.
 """
 
 from __future__ import annotations

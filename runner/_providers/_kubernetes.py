@@ -214,13 +214,11 @@ def cluster() -> Cluster:
 
 
 def _with_password(address: str, password: str) -> str:
-    url = urllib.parse.urlsplit(address)
-    if url.scheme == "unix":  # (urlunsplit would drop the empty authority: unix:/path)
-        return address + ("&" if url.query else "?") + urllib.parse.urlencode({"password": password})
-    if url.scheme not in ("redis", "rediss"):
+    from .._plane._wire import with_password
+
+    if urllib.parse.urlsplit(address).scheme not in ("redis", "rediss", "unix"):
         raise InvalidError(f"{QUEUE_ADDRESS_ENV}={address!r} is not a redis://HOST:PORT/DB or unix:///PATH URL")
-    netloc = f":{urllib.parse.quote(password, safe='')}@{url.hostname}" + (f":{url.port}" if url.port else "")
-    return urllib.parse.urlunsplit(url._replace(netloc=netloc))
+    return with_password(address, password)
 
 
 def _check_queue(url: str, shown: str) -> None:
