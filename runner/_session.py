@@ -610,6 +610,7 @@ class Session:
         os.chmod(self.dir, 0o755)
         self.listener = Listener(self.dir)
         self.pools: dict[Any, Pool] = {}
+        self._making: dict[Any, threading.Lock] = {}  # target key -> held while its queue pool is made
         self.calls: dict[str, Any] = {}
         self.prepare = PreparedImages(provider)  # image -> what the provider starts from, once per app run
         self.lock = threading.Lock()
@@ -623,20 +624,43 @@ class Session:
         threading.Thread(target=self._housekeeping, name="runner-housekeeping", daemon=True).start()
 
     def pool(self, target: Any) -> Pool:
+        if hasattr(self.provider, "queue_pool"):  # a cluster: pods pull inputs from its queue
+            return self._queue_pool(target)
         with self.lock:
             pool = self.pools.get(target.key)
             if pool is None:
                 if self.closed:
                     raise ExecutionError("the app has stopped")
-                if hasattr(self.provider, "queue_pool"):  # a cluster: pods pull inputs from its queue
-                    pool = self.pools[target.key] = self.provider.queue_pool(self, target)
-                    return pool
                 pool = self.pools[target.key] = Pool(self, target)
                 starts = 0
                 if target.options.min_containers:
                     with pool.lock:
                         starts = pool._scale()
                 pool._start(starts)
+            return pool
+
+    def _queue_pool(self, target: Any) -> Any:
+        """The provider's pool for `target`, made once. Making one builds and pushes an image, so it
+        happens under a lock of the target's own: other functions' calls are not held up by it."""
+        with self.lock:
+            pool = self.pools.get(target.key)
+            if pool is not None:
+                return pool
+            if self.closed:
+                raise ExecutionError("the app has stopped")
+            making = self._making.setdefault(target.key, threading.Lock())
+        with making:
+            with self.lock:
+                pool = self.pools.get(target.key)
+            if pool is None:
+                pool = self.provider.queue_pool(self, target)
+                with self.lock:
+                    closed = self.closed
+                    if not closed:
+                        self.pools[target.key] = pool
+                if closed:
+                    pool.close()
+                    raise ExecutionError("the app has stopped")
             return pool
 
     def launch(self, pool: Any, number: int) -> tuple[Any, P.Connection, dict]:

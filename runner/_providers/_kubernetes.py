@@ -85,6 +85,7 @@ class Cluster:
         self._queue_url: str | None = None
         self._forward: PortForward | None = None
         self._images: dict[tuple, str] = {}
+        self._building: dict[tuple, threading.Lock] = {}
         self._builder: Any = None
 
     # ---- the queue ---------------------------------------------------------------------------
@@ -125,18 +126,17 @@ class Cluster:
         here, given runner's layer, and pushed to the stack's registry once per process."""
         key = (image.digest() if image is not None else "", app_root or "")
         with self.lock:
-            if key in self._images:
-                return self._images[key]
             if self._builder is None:
                 from ._docker import DockerProvider
 
                 self._builder = DockerProvider()
                 self._builder.registry = None  # the stack's registry is the one pods pull from
-        base = self._builder.prepare(image)
-        ref = self._app_layer(base, image, app_root)
-        with self.lock:
-            self._images[key] = ref
-        return ref
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # once per image: others build meanwhile
+            if key not in self._images:
+                base = self._builder.prepare(image)
+                self._images[key] = self._app_layer(base, image, app_root)
+            return self._images[key]
 
     def _app_layer(self, base: str, image: Any, app_root: str | None) -> str:
         import docker.errors
