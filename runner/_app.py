@@ -277,15 +277,19 @@ class App:
 
     def _start_warm(self, session: Any) -> None:
         """Start the `min_containers` of every function as the app starts, as on Modal, in the
-        background: a function that cannot start says so at its first call instead."""
+        background: a function that cannot start says so at its first call instead. On a cluster
+        every function's objects are made then (its image built and pushed, its Deployment applied
+        at `min_containers`), as Modal creates an app's functions when it starts, so a first call
+        only queues its input."""
         def start(target: Any) -> None:
             try:
                 session.pool(target)
             except Exception:  # noqa: BLE001 - raised again, to the caller, at the first call
                 pass
 
+        every = hasattr(session.provider, "queue_pool")
         for f in self._functions.values():
-            if f._options.min_containers and f._web_label() is None:
+            if (every or f._options.min_containers) and f._web_label() is None:
                 threading.Thread(target=start, args=(f._target(),), name="runner-warm", daemon=True).start()
 
     def _require_session(self, fn_name: str):
