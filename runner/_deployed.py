@@ -667,13 +667,10 @@ class _DeployedMethod(_Invocable):
 
     def _pool(self):
         cls = self._obj._cls
-        if "key" in cls._info:  # deployed to a cluster: its default instance, through its queue
-            if self._obj._params:
-                raise InvalidError(f"{self._name}: instances with parameters are not deployed to a cluster yet; "
-                                   f"call {cls._name}() with no parameters, or deploy with --provider docker")
-            from ._kube_deploy import lookup_pool
+        if "key" in cls._info:  # deployed to a cluster: through the instance's queue
+            from ._kube_deploy import instance_pool
 
-            return lookup_pool(cls._app_name, cls._info, self._name)
+            return instance_pool(cls._app_name, cls._name, cls._info, self._obj._params, self._name)
         return RemotePool(cls._app_name, {"cls": cls._name, "params": self._obj._params}, self._name)
 
     def local(self, *args, **kwargs):

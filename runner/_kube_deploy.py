@@ -4,7 +4,8 @@ the cluster, callable from any machine that reaches the stack.
 A deployed app is one ConfigMap, `runner-app-NAME` (label runner/kind=app), holding its state (the
 same shape as a local deploy's state.json, see runner._deploy) and owning every other object of
 the app through ownerReferences, so `runner app stop` is one delete and the garbage collector
-removes the rest. Per function (and per class, its default instance):
+removes the rest. Per function (and per class: its default instance, or with required parameters
+a template with no replicas; `instance_pool` makes other instances from it on first use):
 
 - a worker Deployment, KEDA ScaledObject, TriggerAuthentication and Secrets (`runner._k8s`), named
   after app and function only, so a redeploy updates them in place: a rolling update (a new pod
@@ -22,17 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
+import pickle
 import secrets
 import sys
 import time
 import types
 from typing import Any
 
-from ._output import output
 from .exception import InvalidError, NotFoundError
 
-__all__ = ["create_empty", "deploy", "deployed_apps", "follow_logs", "lookup_pool", "read_state", "stop"]
+__all__ = ["create_empty", "deploy", "deployed_apps", "follow_logs", "instance_pool", "lookup_pool", "read_state",
+           "stop"]
 
 STATE_KEY = "state"
 
@@ -121,11 +124,16 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
     try:
         targets = [(fname, f, f._target()) for fname, f in app._functions.items()]
         for cname, cls in app._classes.items():
-            if any(decl.required for decl in cls._params.values()):
-                output().notice(f"runner: {cname} has parameters without defaults; instances with parameters are "
-                                "not deployed to a cluster yet, so it is left out")
-                continue
-            targets.append((cname, None, cls()._target()))
+            # The default instance (its parameters' defaults); with required parameters, a template
+            # that never runs (no replicas), from which clients make the instances they call.
+            from ._cls import Obj
+
+            required = [p for p, decl in cls._params.items() if decl.required]
+            defaults = {p: decl.default for p, decl in cls._params.items() if not decl.required}
+            t = Obj(cls, defaults)._target()
+            if required:
+                t.options = dataclasses.replace(t.options, min_containers=0)
+            targets.append((cname, None, t))
         for label, f, t in targets:
             w = dataclasses.replace(provider.workload(session, t), function=label, deployed=True)
             keep.add(w.name)
@@ -158,7 +166,17 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
 
                 cls = app._classes[label]
                 state["classes"][label] = {**info, "params": list(cls._params),
+                                           "required": [p for p, d in cls._params.items() if d.required],
+                                           "min_containers": cls._options.min_containers,
                                            "methods": {m: {"gen": is_generator(raw)} for m, raw in cls._methods.items()}}
+        for cname, info in state["classes"].items():  # instances made from the old default: made again
+            spec = r.hgetall(W.Keys(info["key"]).spec)
+            for key, blob in _instances(r, name, cname):
+                import cloudpickle
+
+                tag = key.split("/", 1)[1]
+                _materialize(c, r, info, spec, key, tag, cloudpickle.loads(blob))
+                keep.add(_instance_name(name, tag))
     finally:
         r.close()
     _remove_stale(kube, name, keep)
@@ -199,6 +217,116 @@ def lookup_pool(app_name: str, info: dict, name: str) -> Any:
     return pool
 
 
+# ---- class instances with parameters ---------------------------------------------------------------
+def instance_pool(app_name: str, cls_name: str, info: dict, params: dict, name: str) -> Any:
+    """A pool for `cls_name(**params)` of a deployed app. The deploy made the default instance;
+    another instance is made from it on first use (its spec with these parameters, its Deployment,
+    ScaledObject and TriggerAuthentication copied under its own name and stream, owned by the app),
+    by whichever client calls it first, and kept until the app is stopped or deployed again."""
+    import cloudpickle
+
+    from ._plane import _wire as W
+    from ._plane._client import _redis_client
+
+    c = _cluster()
+    r = _redis_client(c.queue_url())
+    try:
+        spec = r.hgetall(W.Keys(info["key"]).spec)
+        if not spec.get(b"blobs"):
+            raise NotFoundError(f"deployed app {app_name!r} has no class {cls_name!r} on the queue; deploy it again")
+        missing = [p for p in info.get("required") or [] if p not in params]
+        if missing:
+            raise InvalidError(f"{cls_name} needs parameter {', '.join(map(repr, missing))}")
+        defaults = cloudpickle.loads(pickle.loads(spec[b"blobs"])[1])
+        values = {**defaults, **params}
+        if values == defaults and not info.get("required"):
+            return lookup_pool(app_name, info, name)
+        tag = f"{cls_name}-{hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:8]}"
+        key, deployment = f"{app_name}/{tag}", _instance_name(app_name, tag)
+        if not r.exists(W.Keys(key).spec) or c.kube.get("Deployment", deployment) is None:
+            _materialize(c, r, info, spec, key, tag, values)
+    finally:
+        r.close()
+    return lookup_pool(app_name, {**info, "key": key, "deployment": deployment}, name)
+
+
+def _instance_name(app_name: str, tag: str) -> str:
+    from ._k8s import dns_name
+
+    return dns_name(app_name, tag)
+
+
+def _materialize(c: Any, r: Any, info: dict, spec: dict, key: str, tag: str, values: dict) -> None:
+    """Make (or bring up to date with the default instance) the instance `tag` with `values`."""
+    import cloudpickle
+
+    from ._plane import _wire as W
+
+    blobs = pickle.loads(spec[b"blobs"])
+    inner = pickle.loads(spec[b"spec"])
+    inner["name"] = f"{inner['name'].split('(')[0]}({', '.join(f'{k}={v!r}' for k, v in values.items())})"
+    blob = cloudpickle.dumps(values)
+    mapping = {**{k.decode(): v for k, v in spec.items()}, "spec": pickle.dumps(inner),
+               "blobs": pickle.dumps([blobs[0], blob]), "params": blob}
+    r.hset(W.Keys(key).spec, mapping=mapping)
+    try:
+        r.xgroup_create(W.Keys(key).inputs, W.GROUP, id="0", mkstream=True)
+    except Exception as exc:  # noqa: BLE001 - BUSYGROUP: it exists
+        if "BUSYGROUP" not in str(exc):
+            raise
+    name = _instance_name(key.split("/")[0], tag)
+    for kind in ("TriggerAuthentication", "Deployment", "ScaledObject"):
+        default = c.kube.get(kind, info["deployment"])
+        if default is None:
+            raise NotFoundError(f"the {kind} of {info['deployment']} is not in the cluster; deploy the app again")
+        obj = _retarget(default, name, tag, key, int(info.get("min_containers") or 0))
+        if kind == "Deployment" and c.kube.get(kind, name) is not None:
+            obj["spec"].pop("replicas", None)  # KEDA's once it runs
+        c.kube.apply(obj)
+
+
+def _retarget(obj: dict, name: str, tag: str, key: str, min_containers: int) -> dict:
+    """A copy of the default instance's object `obj` for the instance `tag` (queue key `key`)."""
+    from ._k8s._meta import LABEL_FUNCTION, label_value
+    from ._plane import _wire as W
+
+    meta = obj["metadata"]
+    labels = {**(meta.get("labels") or {}), LABEL_FUNCTION: label_value(tag)}
+    out = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "spec": json.loads(json.dumps(obj["spec"])),
+           "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                        "ownerReferences": meta.get("ownerReferences") or []}}
+    spec = out["spec"]
+    if obj["kind"] == "Deployment":
+        spec["replicas"] = min_containers
+        spec["selector"]["matchLabels"][LABEL_FUNCTION] = label_value(tag)
+        template = spec["template"]
+        template["metadata"]["labels"][LABEL_FUNCTION] = label_value(tag)
+        for container in template["spec"]["containers"]:
+            for env in container.get("env") or []:
+                if env["name"] == "RUNNER_PLANE_FUNCTION":
+                    env["value"] = key
+                elif env["name"] == "RUNNER_FUNCTION":
+                    env["value"] = tag
+    elif obj["kind"] == "ScaledObject":
+        spec["scaleTargetRef"]["name"] = name
+        spec["minReplicaCount"] = min_containers  # the template of a class with required parameters has 0
+        for trigger in spec.get("triggers") or []:
+            trigger["metadata"]["stream"] = W.Keys(key).inputs
+            if "authenticationRef" in trigger:
+                trigger["authenticationRef"]["name"] = name
+    return out
+
+
+def _instances(r: Any, app_name: str, cls_name: str) -> list[tuple[str, bytes]]:
+    """(queue key, parameters blob) of every instance of the class made so far."""
+    found = []
+    for k in r.scan_iter(match=f"rq:f:{app_name}/{cls_name}-*:spec"):
+        blob = r.hget(k, "params")
+        if blob is not None:
+            found.append((k.decode()[len("rq:f:"):-len(":spec")], blob))
+    return found
+
+
 # ---- runner app list | stop | logs -----------------------------------------------------------------
 def deployed_apps() -> dict[str, dict]:
     from ._k8s._meta import LABEL_KIND, MANAGED_BY
@@ -222,9 +350,16 @@ def stop(name: str) -> None:
     if state is None:
         raise NotFoundError(f"no app {name!r} is deployed on the {c.stack.cloud} stack's cluster; "
                             "see `runner app list`")
+    from ._plane._client import _redis_client
+
     c.kube.delete("ConfigMap", _owner_name(name), propagation="Foreground")
-    for info in [*state["functions"].values(), *state["classes"].values()]:
-        remove_function(c.queue_url(), info["key"])
+    r = _redis_client(c.queue_url())
+    try:  # its functions, classes and the class instances clients made
+        keys = {k.decode()[len("rq:f:"):-len(":spec")] for k in r.scan_iter(match=f"rq:f:{name}/*:spec")}
+    finally:
+        r.close()
+    for key in keys | {info["key"] for info in [*state["functions"].values(), *state["classes"].values()]}:
+        remove_function(c.queue_url(), key)
 
 
 def follow_logs(name: str, follow: bool, out=None) -> None:

@@ -348,6 +348,15 @@ class Greeter:
         return f"{self.greeting}, {who}"
 
 
+@app.cls()
+class Scaler:
+    factor: int = modal.parameter()  # required: each instance is made on its first call
+
+    @modal.method()
+    def mul(self, x: int) -> int:
+        return x * self.factor + OFFSET
+
+
 OFFSET = 0
 """
 
@@ -371,10 +380,18 @@ def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(ku
         f = modal.Function.from_name("kube-deployed", "square")
         print("remote:", f.remote(9), "map:", list(f.map(range(4))))
         print("cls:", modal.Cls.from_name("kube-deployed", "Greeter")().greet.remote("ada"))
+        print("instance:", modal.Cls.from_name("kube-deployed", "Greeter")(greeting="bonjour").greet.remote("ada"))
+        print("required:", modal.Cls.from_name("kube-deployed", "Scaler")(factor=3).mul.remote(2))
+        try:
+            modal.Cls.from_name("kube-deployed", "Scaler")().mul.remote(2)
+        except modal.exception.InvalidError as e:
+            print("missing:", e)
         print("spawned:", f.spawn(12).object_id)
     """)
     assert spawned.returncode == 0, spawned.stdout + spawned.stderr
     assert "remote: 81 map: [0, 1, 4, 9]" in spawned.stdout and "cls: hello, ada" in spawned.stdout
+    assert "instance: bonjour, ada" in spawned.stdout and "required: 6" in spawned.stdout, spawned.stdout
+    assert "missing: Scaler needs parameter 'factor'" in spawned.stdout, spawned.stdout
     call_id = spawned.stdout.split("spawned:")[1].split()[0]
     got = _python(kube_stack, f"import runner; print(runner.FunctionCall.from_id({call_id!r}).get(timeout=120))")
     assert got.stdout.strip() == "144", got.stdout + got.stderr  # its client exited before it was read
@@ -396,7 +413,7 @@ def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(ku
         time.sleep(1)
 
     listed = run_cli(["app", "list"], cwd=tmp_path, env=env)
-    assert "kube-deployed" in listed.stdout and "square, tick, Greeter" in listed.stdout
+    assert "kube-deployed" in listed.stdout and "square, tick, Greeter, Scaler" in listed.stdout
 
     path.write_text(DEPLOYED.replace("OFFSET = 0", "OFFSET = 1000"))
     again = run_cli(["deploy", str(path)], cwd=tmp_path, env=env)
@@ -407,6 +424,13 @@ def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(ku
         if out.stdout.strip() == "1004":
             break
         assert out.stdout.strip() == "4" and time.monotonic() < end, out.stdout + out.stderr
+        time.sleep(1)
+    while True:  # an instance made from version 1 is made again from version 2
+        out = _python(kube_stack, "import runner; print(runner.Cls.from_name('kube-deployed', 'Scaler')(factor=3)"
+                                  ".mul.remote(2))")
+        if out.stdout.strip() == "1006":
+            break
+        assert out.stdout.strip() == "6" and time.monotonic() < end, out.stdout + out.stderr
         time.sleep(1)
 
     stopped = run_cli(["app", "stop", "kube-deployed"], cwd=tmp_path, env=env)
