@@ -74,7 +74,9 @@ def test_exec_streams_stdin_and_return_codes(provider, make):
     assert raw.stdout.read() == b"\x01\x02"
 
 
-def test_main_command_streams_and_ends_the_sandbox(provider, make):
+def stdin_then_exit_7(make):
+    """A sandbox whose main command streams a line, reads one from stdin and exits 7; checked up to
+    its end (also used by tests/test_sandbox_kube.py)."""
     sb = make("sh", "-c", "echo ready; read x; echo $x; echo err >&2; exit 7")
     assert next(iter(sb.stdout)) == "ready\n"  # before the command has its stdin
     assert sb.poll() is None
@@ -84,6 +86,11 @@ def test_main_command_streams_and_ends_the_sandbox(provider, make):
     sb.wait()
     assert sb.returncode == 7
     assert sb.stdout.read() == "go\n" and sb.stderr.read() == "err\n"
+    return sb
+
+
+def test_main_command_streams_and_ends_the_sandbox(provider, make):
+    sb = stdin_then_exit_7(make)
     again = Sandbox.from_id(sb.object_id)  # the end and the output outlive the supervisor
     assert again.returncode == 7 and again.stdout.read() == "ready\ngo\n"
     with pytest.raises(ConflictError, match="has finished.*return code 7"):

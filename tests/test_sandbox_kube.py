@@ -92,15 +92,9 @@ def test_exec_stdin_streaming_files_and_terminate(kube, make, kube_stack):
 
 
 def test_main_command_end_and_output_outlive_the_pod(kube, make):
-    sb = make("sh", "-c", "echo ready; read x; echo $x; echo err >&2; exit 7")
-    assert next(iter(sb.stdout)) == "ready\n"
-    assert sb.poll() is None
-    sb.stdin.write(b"go\n")
-    sb.stdin.write_eof()
-    sb.stdin.drain()
-    sb.wait()
-    assert sb.returncode == 7
-    assert sb.stdout.read() == "go\n" and sb.stderr.read() == "err\n"
+    from test_sandbox import stdin_then_exit_7
+
+    sb = stdin_then_exit_7(make)
     m = meta(sb)
     assert all(kube.get(kind, name) is None for kind, name in m["objects"])  # collected: nothing left
     again = Sandbox.from_id(sb.object_id)  # read back from the pod's log into the control directory
