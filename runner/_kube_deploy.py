@@ -181,7 +181,7 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
         r.close()
     _remove_stale(kube, name, keep)
     kube.apply(_owner(stack, name, state))
-    provider._closed.set()
+    provider.close()  # no run of its own to end: its objects belong to the app
     return state
 
 
