@@ -120,8 +120,7 @@ class WebPool:
     def _launch(self) -> None:
         number = next(self.numbers)
         try:
-            handle, conn, ready = self.session.launch(self, number)
-            address = self.session.provider.address(handle, ready["web_port"])
+            c = self._container(number)
         except BaseException as exc:  # noqa: BLE001 - the waiting requests report it
             with self.cond:
                 self.starting -= 1
@@ -129,7 +128,6 @@ class WebPool:
                 self.error = getattr(exc, "exc", exc)  # InitFailed carries the user's exception
                 self.cond.notify_all()
             return
-        c = WebContainer(handle, conn, address, number)
         with self.cond:
             self.starting -= 1
             if self.session.closed:
@@ -137,7 +135,16 @@ class WebPool:
             self.containers.append(c)
             self.cond.notify_all()
         if c.stopping:
-            self.session.stop_container(c)
+            self._retire(c)
+
+    def _container(self, number: int) -> WebContainer:
+        """Start one container and bring it to ready (in the caller's thread)."""
+        handle, conn, ready = self.session.launch(self, number)
+        return WebContainer(handle, conn, self.session.provider.address(handle, ready["web_port"]), number)
+
+    def _retire(self, c: WebContainer) -> None:
+        """Stop a container this pool no longer uses."""
+        self.session.stop_container(c)
 
     def tick(self, now: float) -> float | None:
         """Drop dead containers; stop those idle past scaledown_window, down to min_containers."""

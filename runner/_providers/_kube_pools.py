@@ -31,6 +31,7 @@ from ._kubernetes import APP_ROOT, START_PATIENCE, pod_problem
 __all__ = ["KubePool", "KubeWebPool"]
 
 LEASE = 10.0
+LIST_EVERY = 1.0  # seconds between a web pool's looks at its pods
 
 
 class KubePool(QueuePool):
@@ -85,7 +86,7 @@ class KubePool(QueuePool):
         return None
 
     def warm(self) -> bool | None:
-        return len(self._running()) >= self.min_containers
+        return sum(map(_ready, self.kube.pods(self.selector))) >= self.min_containers
 
     def close(self) -> list:
         self._closed = True
@@ -99,10 +100,6 @@ class KubePool(QueuePool):
             load = sum(i.weight if i.kind != "chunk" else 1 for i in self.live.values())
         per = max(1, self.target.max_inputs)
         return min(self.max_containers, -(-load // per))
-
-    def _running(self) -> list[dict]:
-        return [p for p in self.kube.pods(self.selector) if (p.get("status") or {}).get("phase") == "Running"
-                and not p["metadata"].get("deletionTimestamp")]
 
     def _scaler(self) -> None:
         stuck_since: float | None = None
@@ -169,25 +166,12 @@ class KubeWebPool(WebPool):
         provider.apply_owned(session, web_manifests(provider.stack, w, web_port=self.port, replicas=0))
         self.replicas = 0
         self.forwards: dict[str, Any] = {}
+        self._listed = 0.0  # when the pods were last listed (tick)
         super().__init__(session, target, label)
 
-    def _launch(self) -> None:
-        number = next(self.numbers)
-        try:
-            c = self._one_more(number)
-        except BaseException as exc:  # noqa: BLE001 - the waiting requests report it
-            with self.cond:
-                self.starting -= 1
-                self.failures += 1
-                self.error = exc
-                self.cond.notify_all()
-            return
-        with self.cond:
-            self.starting -= 1
-            self.containers.append(c)
-            self.cond.notify_all()
-
-    def _one_more(self, number: int) -> WebContainer:
+    def _container(self, number: int) -> WebContainer:
+        """One more pod: the Deployment's replicas raised by one, then a ready pod not yet in use,
+        reached through a port-forward of its own."""
         with self.cond:
             self.replicas += 1
             replicas = self.replicas
@@ -215,15 +199,25 @@ class KubeWebPool(WebPool):
             time.sleep(0.1)
         return WebContainer(name, None, self.forwards[name].address, number)
 
+    def _retire(self, c: WebContainer) -> None:
+        pf = self.forwards.pop(c.handle, None)
+        if pf is not None:
+            pf.close()
+
     def tick(self, now: float) -> float | None:
+        """Drop pods that went away (listed at most every LIST_EVERY seconds, not at every one of
+        the session's ticks); scale away pods idle past scaledown_window, down to min_containers."""
         due = None
         gone, idle = [], []
-        try:
-            live = {p["metadata"]["name"] for p in self.kube.pods(self.selector) if _ready(p)}
-        except ProviderError:
-            return None
+        live = None
+        if now - self._listed >= LIST_EVERY:
+            self._listed = now
+            try:
+                live = {p["metadata"]["name"] for p in self.kube.pods(self.selector) if _ready(p)}
+            except ProviderError:
+                pass
         with self.cond:
-            for c in list(self.containers):
+            for c in list(self.containers) if live is not None else []:
                 if c.handle not in live:
                     self.containers.remove(c)
                     gone.append(c)
@@ -238,9 +232,7 @@ class KubeWebPool(WebPool):
             self.replicas = max(0, self.replicas - len(gone) - len(idle))
             replicas = self.replicas
         for c in gone + idle:
-            pf = self.forwards.pop(c.handle, None)
-            if pf is not None:
-                pf.close()
+            self._retire(c)
         if idle:
             for c in idle:  # the idle pod is the one to go, not a busy one
                 self.kube.patch("Pod", c.handle, {"metadata": {"annotations": {
