@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import pickle
 import secrets
@@ -227,6 +226,7 @@ def instance_pool(app_name: str, cls_name: str, info: dict, params: dict, name: 
 
     from ._plane import _wire as W
     from ._plane._client import _redis_client
+    from ._providers._kubernetes import params_tag
 
     c = _cluster()
     r = _redis_client(c.queue_url())
@@ -241,7 +241,7 @@ def instance_pool(app_name: str, cls_name: str, info: dict, params: dict, name: 
         values = {**defaults, **params}
         if values == defaults and not info.get("required"):
             return lookup_pool(app_name, info, name)
-        tag = f"{cls_name}-{hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:8]}"
+        tag = params_tag(cls_name, values)
         key, deployment = f"{app_name}/{tag}", _instance_name(app_name, tag)
         if not r.exists(W.Keys(key).spec) or c.kube.get("Deployment", deployment) is None:
             _materialize(c, r, info, spec, key, tag, values)

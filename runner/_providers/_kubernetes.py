@@ -45,7 +45,8 @@ from ..exception import ImageBuildError, InvalidError, ProviderError
 from . import Provider
 from ._kube_api import Kube, PortForward, load_client
 
-__all__ = ["APP_ROOT", "Cluster", "KubernetesProvider", "QUEUE_ADDRESS_ENV", "cluster", "function_tag", "pod_problem"]
+__all__ = ["APP_ROOT", "Cluster", "KubernetesProvider", "QUEUE_ADDRESS_ENV", "cluster", "function_tag", "params_tag",
+           "pod_problem"]
 
 QUEUE_ADDRESS_ENV = "RUNNER_QUEUE_ADDRESS"
 CLOUD_ENV = "RUNNER_CLOUD"
@@ -494,9 +495,12 @@ class KubernetesProvider(Provider):
 
 def function_tag(target: Any) -> str:
     """The function's name in object names and labels; a class with parameters gets their hash."""
-    if target.params:
-        return f"{target.name}-{hashlib.sha256(repr(sorted(target.params.items())).encode()).hexdigest()[:8]}"
-    return target.name
+    return params_tag(target.name, target.params) if target.params else target.name
+
+
+def params_tag(name: str, params: dict) -> str:
+    """`name` with a hash of `params`: one class instance's name in object names and queue keys."""
+    return f"{name}-{hashlib.sha256(repr(sorted(params.items())).encode()).hexdigest()[:8]}"
 
 
 def pod_problem(pod: dict) -> str | None:
