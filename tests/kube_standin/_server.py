@@ -267,11 +267,7 @@ class _Server:
             pass
         finally:
             stop()
-        try:
-            await response.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
-        return response
+        return await _end(response)
 
     # logs
 
@@ -316,11 +312,7 @@ class _Server:
             pass
         finally:
             stream.close()
-        try:
-            await response.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
-        return response
+        return await _end(response)
 
     # exec
 
@@ -544,3 +536,11 @@ def _exec_status(command: list[str], code: int | None, failure: str | None) -> d
                        f"exit code {code}",
             "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
 
+
+async def _end(response: web.StreamResponse) -> web.StreamResponse:
+    """End a streamed answer (a watch, a followed log) whose client may be gone already."""
+    try:
+        await response.write_eof()
+    except (ConnectionResetError, RuntimeError):
+        pass
+    return response
