@@ -322,7 +322,9 @@ class Worker:
                     batch.append(self.writes.get_nowait())
                 except queue.Empty:
                     break
-            pipe = self.r.pipeline(transaction=False)
+            # One MULTI/EXEC: a caller sees a result only together with its input's XACK and XDEL,
+            # never before (so the stream never still holds an input whose result was read).
+            pipe = self.r.pipeline(transaction=True)
             acked: list[Held] = []
             per = self.ema or 0.0
             for op in batch:
