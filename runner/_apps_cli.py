@@ -26,7 +26,8 @@ def deploy_command(target: str, module: bool, name: Optional[str], port: Optiona
         if port is not None:
             from .exception import InvalidError
 
-            raise InvalidError("--port is for a deploy on this host; on a cluster, web endpoints are Services")
+            raise InvalidError("--port is for a deploy on this host; on a cluster, web endpoints answer on port 80 of "
+                               "the stack's front door (see docs/kubernetes.md): drop --port")
         state = deploy_to_cluster(target, module, name)
     else:
         from ._deploy import deploy

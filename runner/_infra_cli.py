@@ -100,6 +100,8 @@ def outputs(
     for key, value in data.items():
         if key in SECRET_KEYS and not show_secrets:
             text = f"(secret, {len(getattr(result, key).encode())} bytes)"
+        elif value == "":
+            text = "(none)"  # an optional key the stack does not set (web_domain without a front door)
         elif isinstance(value, str):
             text = value if "\n" not in value else "\n" + value.rstrip("\n")
         else:

@@ -13,7 +13,11 @@ a template with no replicas; `instance_pool` makes other instances from it on fi
 - its spec on the queue under a key that stays the same across versions (APP/FUNCTION), so inputs
   queued during a redeploy are taken by whichever version's pods are up, and none is stranded;
 - a CronJob for a schedule, whose pod queues one call (runner._plane.worker, mode "schedule");
-- for a web function, a web Deployment (at least one pod: nothing wakes it from zero) and Service.
+- for a web function, a web Deployment and Service. Behind the stack's front door (its
+  `web_domain`, see runner._stack), also an HTTPScaledObject: the KEDA HTTP add-on routes
+  `http://NAME.WEB_DOMAIN` to the Service and scales the Deployment from `min_containers` (zero
+  too) on requests in flight, waking it on the first. Without one, the Deployment keeps at least
+  one pod and the endpoint is reachable in-cluster only (`http://NAME.NAMESPACE.svc.cluster.local`).
 
 `Function.from_name` / `Cls.from_name` on any machine read the state and call through the queue
 (`lookup_pool`), with the client scaling the Deployment up when it queues work, as in a run.
@@ -94,7 +98,7 @@ def _now() -> str:
 def deploy(target: str, as_module: bool, name: str | None) -> dict:
     """Apply the app's objects to the cluster (a new version if it is deployed already); its state."""
     from ._home import check_name
-    from ._k8s import function_manifests, owned, schedule_manifests, web_manifests
+    from ._k8s import function_manifests, owned, schedule_manifests, web_host, web_manifests
     from ._plane import _wire as W
     from ._plane._client import _redis_client, register
     from ._providers._kube_pools import LEASE
@@ -140,9 +144,10 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
                     "retries": t.options.retries is not None, "deployment": w.name}
             if t.web is not None:
                 register(r, W.Keys(w.queue_key), t, APP_ROOT, LEASE, secrets_in_spec=False, web=provider)
-                manifests = web_manifests(stack, w, web_port=t.web_listen(provider)[1])
-                url = f"http://{w.name}.{stack.namespace}.svc.cluster.local"
-                state["web"][label] = url
+                host = web_host(stack, w)
+                manifests = web_manifests(stack, w, web_port=t.web_listen(provider)[1], host=host,
+                                          concurrency=t.concurrency)
+                state["web"][label] = f"http://{host or f'{w.name}.{stack.namespace}.svc.cluster.local'}"
             else:
                 register(r, W.Keys(w.queue_key), t, APP_ROOT, LEASE, secrets_in_spec=False)
                 manifests = function_manifests(stack, w)
@@ -188,7 +193,8 @@ def _remove_stale(kube: Any, name: str, keep: set[str]) -> None:
     """Objects of functions the new version no longer has."""
     from ._k8s._meta import LABEL_APP, label_value
 
-    for kind in ("CronJob", "ScaledObject", "TriggerAuthentication", "Deployment", "Service", "Secret"):
+    for kind in ("CronJob", "HTTPScaledObject", "ScaledObject", "TriggerAuthentication", "Deployment", "Service",
+                 "Secret"):
         for obj in kube.list(kind, {LABEL_APP: label_value(name)}):
             n = obj["metadata"]["name"]
             if not any(n == k or n.startswith(k + "-") for k in keep):

@@ -18,9 +18,16 @@ outputs without any Pulumi package installed.
     queue_secret_name  the Secret in `namespace` whose key `password` authenticates to the queue
     gpu_types          Modal GPU name ("H100", "A100-80GB", "L4", "T4", "A10G", ...) ->
                        {"node_selector": {label: value}, "tolerations": [toleration, ...]}
+    web_domain         optional: the wildcard DNS domain of deployed web endpoints, each served at
+                       http://APP-FUNCTION.DOMAIN through the stack's front door (the KEDA HTTP
+                       add-on's interceptor), which scales them from zero; "" (or absent): the
+                       stack has no front door, and deployed endpoints are reachable in-cluster only
+    web_endpoint       optional: the front door's own address (http://IP or http://HOST), where
+                       *.web_domain must resolve; "" when there is none
 
 `load_outputs` accepts what `pulumi stack output --json --show-secrets` prints; keys it does not
-know are ignored, so a newer infra program can add outputs without breaking an older runner.
+know are ignored, so a newer infra program can add outputs without breaking an older runner, and
+the optional keys (`OPTIONAL_KEYS`) may be absent, so a stack made before them still loads.
 """
 
 from __future__ import annotations
@@ -28,17 +35,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
 
 from .exception import InvalidError
 
-__all__ = ["CLOUDS", "OUTPUT_KEYS", "SECRET_KEYS", "STACK_OUTPUTS_ENV", "StackOutputs", "load_outputs",
+__all__ = ["CLOUDS", "OPTIONAL_KEYS", "OUTPUT_KEYS", "SECRET_KEYS", "STACK_OUTPUTS_ENV", "StackOutputs", "load_outputs",
            "read_outputs"]
 
 CLOUDS = ("gcp", "aws", "azure", "local")
 STACK_OUTPUTS_ENV = "RUNNER_STACK_OUTPUTS"
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
 _TODO = ("run `pulumi up` on infra/ (see docs/infrastructure.md) or pass --stack-outputs FILE "
          f"(or set {STACK_OUTPUTS_ENV})")
 
@@ -57,12 +66,15 @@ class StackOutputs:
     queue_endpoint: str
     queue_secret_name: str
     gpu_types: dict[str, dict[str, Any]]
+    web_domain: str = ""
+    web_endpoint: str = ""
 
 
 OUTPUT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StackOutputs))
+OPTIONAL_KEYS: tuple[str, ...] = ("web_domain", "web_endpoint")
 SECRET_KEYS: tuple[str, ...] = ("kubeconfig",)
-# Keys that must hold a non-empty string (kubeconfig may be "" for local).
-_NONEMPTY = tuple(k for k in OUTPUT_KEYS if k not in ("kubeconfig", "gpu_types", "pod_labels"))
+# Keys that must hold a non-empty string (kubeconfig may be "" for local; the optional ones "").
+_NONEMPTY = tuple(k for k in OUTPUT_KEYS if k not in ("kubeconfig", "gpu_types", "pod_labels", *OPTIONAL_KEYS))
 
 
 def _gpu_types_ok(value: Any) -> bool:
@@ -88,7 +100,7 @@ def load_outputs(data: Any) -> StackOutputs:
     """
     if not isinstance(data, dict):
         raise InvalidError(f"stack outputs must be a JSON object, not {type(data).__name__}: {_TODO}")
-    missing = [k for k in OUTPUT_KEYS if k not in data]
+    missing = [k for k in OUTPUT_KEYS if k not in data and k not in OPTIONAL_KEYS]
     hidden = [k for k in OUTPUT_KEYS if data.get(k) == "[secret]"]
     bad = []
     for key in OUTPUT_KEYS:
@@ -108,6 +120,8 @@ def load_outputs(data: Any) -> StackOutputs:
             bad.append(f"{key} (a string, not {type(value).__name__})")
         elif key in _NONEMPTY and not value:
             bad.append(f"{key} (empty)")
+        elif key == "web_domain" and value and not _DOMAIN.fullmatch(value):
+            bad.append(f"web_domain ({value!r} is not a DNS name such as apps.example.com)")
     problems = []
     if missing:
         problems.append("are missing " + ", ".join(missing))
@@ -117,7 +131,7 @@ def load_outputs(data: Any) -> StackOutputs:
         problems.append("have ill-typed " + ", ".join(bad))
     if problems:
         raise InvalidError(f"stack outputs {'; '.join(problems)}: {_TODO}")
-    return StackOutputs(**{k: data[k] for k in OUTPUT_KEYS})
+    return StackOutputs(**{k: data[k] for k in OUTPUT_KEYS if k in data})
 
 
 def read_outputs(path: str | None = None, *, stack: str | None = None,

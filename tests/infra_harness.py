@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 GOLDEN = ROOT / "tests" / "golden" / "infra"
 K8S_VERSION = "1.31.0"  # kubernetes-validate ships schemas 1.25 to 1.37, offline
 
-__all__ = ["DEFAULT_HOOKS", "GOLDEN", "K8S_VERSION", "Recorded", "Resource", "assert_golden",
+__all__ = ["DEFAULT_HOOKS", "GOLDEN", "K8S_VERSION", "MOCK_LB_IP", "Recorded", "Resource", "assert_golden",
            "dummy_k8s_provider", "run", "sdk_argument_problems", "sdk_problems", "tolerates", "validate_manifest"]
 
 Hook = Callable[[_mocks.MockResourceArgs], dict]
@@ -62,8 +62,18 @@ def _release_status(args: _mocks.MockResourceArgs) -> dict:
                        "chart": i.get("chart"), "version": i.get("version"), "status": "deployed"}}
 
 
+MOCK_LB_IP = "203.0.113.10"  # TEST-NET-3: what the cloud would assign a LoadBalancer Service
+
+
+def _service_status(args: _mocks.MockResourceArgs) -> dict:
+    if ((args.inputs.get("spec") or {}).get("type")) != "LoadBalancer":
+        return {}
+    return {"status": {"loadBalancer": {"ingress": [{"ip": MOCK_LB_IP}]}}}
+
+
 # Provider-computed outputs programs read; `run(hooks=...)` adds to or replaces these.
 DEFAULT_HOOKS: dict[str, Hook] = {
+    "kubernetes:core/v1:Service": _service_status,
     "random:index/randomPassword:RandomPassword": lambda a: {"result": f"mock-password-{a.name}",
                                                               "bcryptHash": "mock-bcrypt"},
     "random:index/randomString:RandomString": lambda a: {"result": f"mock-string-{a.name}"},
@@ -83,6 +93,7 @@ class Resource:
     custom: bool  # False for components
     inputs: dict[str, Any]  # secrets unwrapped; see `secret_paths`
     secret_paths: frozenset[str]  # dotted paths ("stringData", "spec.containers.0.env") sent as secrets
+    depends_on: tuple[str, ...] = ()  # URNs of its explicit dependencies (ResourceOptions.depends_on)
 
     @property
     def parent_type(self) -> str:
@@ -191,7 +202,8 @@ class _Monitor(_mocks.MockMonitor):
         inputs = _unwrap(rpc.deserialize_properties(properties), "", secrets)
         with self._lock:
             self.recorded.append(Resource(request.type, request.name, urn, request.parent, request.provider,
-                                          custom, inputs, frozenset(secrets)))
+                                          custom, inputs, frozenset(secrets),
+                                          tuple(getattr(request, "dependencies", ()) or ())))
 
 
 def _unwrap(value: Any, path: str, secrets: set[str]) -> Any:

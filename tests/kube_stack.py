@@ -1,6 +1,7 @@
 """A whole stack on loopback for the kubernetes provider: the API stand-in (tests/kube_standin), a
 real redis-server as the stack's queue (a unix socket with a password, which pods reach at the
-queue Service's cluster DNS name through the stand-in's loopback services), Debian's registry on
+queue Service's cluster DNS name through the stand-in's loopback services), the Role of
+infra.common.manifests.RUNNER_RULES enforced on the kubeconfig's user, Debian's registry on
 127.0.0.1 as the stack's registry, a directory as its bucket, and the stack outputs file that
 ties them together, exactly as `pulumi stack output --json --show-secrets` would print them.
 
@@ -27,8 +28,9 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+for path in (HERE, HERE.parent):  # tests/ for the fixtures, the checkout for infra.common
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from helpers import redis_on_socket, serve_registry  # noqa: E402
 from kube_standin import KubeStandin  # noqa: E402
@@ -36,6 +38,7 @@ from kube_standin import KubeStandin  # noqa: E402
 QUEUE_SERVICE = "runner-queue"
 QUEUE_SECRET = "runner-queue"
 NAMESPACE = "runner"
+WEB_DOMAIN = "web.runner.test"  # RFC 2606's .test: never resolves, so a test cannot reach outside by it
 
 
 class KubeStack:
@@ -62,8 +65,11 @@ class KubeStack:
         self.registry = self._stack.enter_context(serve_registry(registry_root))
         self.bucket = self.root / "bucket"
         self.bucket.mkdir(parents=True, exist_ok=True)
+        from infra.common.manifests import RUNNER_RULES
+
+        # The runner gets exactly the Role the infra programs give its ServiceAccount.
         self.kube = self._stack.enter_context(
-            KubeStandin(services={QUEUE_SERVICE: (self.socket, 6379)}, namespace=NAMESPACE))
+            KubeStandin(services={QUEUE_SERVICE: (self.socket, 6379)}, namespace=NAMESPACE, rbac=RUNNER_RULES))
         from kubernetes import client
 
         client.CoreV1Api(self.kube.api_client()).create_namespaced_secret(NAMESPACE, {
@@ -80,6 +86,10 @@ class KubeStack:
             "queue_endpoint": f"redis://{QUEUE_SERVICE}.{NAMESPACE}.svc.cluster.local:6379/0",
             "queue_secret_name": QUEUE_SECRET,
             "gpu_types": {},
+            # The front door is the stand-in's HTTP add-on on 127.0.0.1: a client sends a deployed
+            # endpoint's host in the Host header there (nothing resolves these names).
+            "web_domain": WEB_DOMAIN,
+            "web_endpoint": self.kube.web_url,
         }
         self.outputs = self.root / "stack-outputs.json"
         self.outputs.write_text(json.dumps(outputs, indent=2))

@@ -317,7 +317,10 @@ def test_manifests_validate_and_match_golden(default):
     for manifest in manifests:
         validate_manifest(manifest)
     assert_golden("azure-platform", manifests)
-    assert not default.of_type("kubernetes:helm.sh/v3:Release")  # KEDA is the AKS add-on
+    # KEDA is the AKS add-on; the HTTP add-on (not part of it) goes beside it, in kube-system.
+    assert [(r.inputs["chart"], r.inputs["namespace"]) for r in default.of_type("kubernetes:helm.sh/v3:Release")] == [
+        ("keda-add-ons-http", "kube-system")]
+    assert default.one("kubernetes:core/v1:Service", "runner-web-service").inputs["metadata"]["namespace"] == "kube-system"
     policy = default.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]
     assert {"kubernetes.io/metadata.name": "kube-system"} in [
         s.get("namespaceSelector", {}).get("matchLabels") for s in policy["ingress"][0]["from"]]

@@ -112,6 +112,7 @@ def test_outputs_from_a_file_hide_the_kubeconfig(tmp_path):
     assert lines["kubeconfig"] == f"(secret, {len(KUBECONFIG)} bytes)"
     assert "apiVersion" not in proc.stdout
     assert json.loads(lines["gpu_types"])["L4"]["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert lines["web_domain"] == lines["web_endpoint"] == "(none)"  # optional, and absent from this stack's
 
 
 def test_outputs_json_from_the_env_variable_and_show_secrets(cli, tmp_path):
@@ -119,9 +120,10 @@ def test_outputs_json_from_the_env_variable_and_show_secrets(cli, tmp_path):
     env = {**no_pulumi_env(tmp_path), STACK_OUTPUTS_ENV: str(path)}
     hidden = cli(["infra", "outputs", "--json"], cwd=tmp_path, env=env)
     assert hidden.returncode == 0, hidden.stderr
-    assert json.loads(hidden.stdout) == {**GOOD, "kubeconfig": "[secret]"}
+    defaults = {"web_domain": "", "web_endpoint": ""}  # the optional keys, which GOOD leaves out
+    assert json.loads(hidden.stdout) == {**GOOD, **defaults, "kubeconfig": "[secret]"}
     shown = cli(["infra", "outputs", "--json", "--show-secrets"], cwd=tmp_path, env=env)
-    assert json.loads(shown.stdout) == GOOD  # what --stack-outputs reads back
+    assert json.loads(shown.stdout) == {**GOOD, **defaults}  # what --stack-outputs reads back
     plain = cli(["infra", "outputs", "--show-secrets"], cwd=tmp_path, env=env)
     assert "clusters: []" in plain.stdout
 

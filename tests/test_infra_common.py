@@ -9,7 +9,7 @@ import types
 
 import pulumi
 import pytest
-from infra_harness import assert_golden, dummy_k8s_provider, run, tolerates, validate_manifest
+from infra_harness import MOCK_LB_IP, assert_golden, dummy_k8s_provider, run, tolerates, validate_manifest
 
 from infra.common.manifests import GPU_NODE_LABEL_KEYS
 from runner._stack import OUTPUT_KEYS, SECRET_KEYS, StackOutputs, load_outputs, read_outputs
@@ -46,8 +46,16 @@ PASSWORD = "random:index/randomPassword:RandomPassword"
 
 def test_output_keys_are_the_fields():
     assert OUTPUT_KEYS == ("cloud", "kubeconfig", "registry_url", "bucket_url", "namespace", "service_account",
-                           "pod_labels", "queue_endpoint", "queue_secret_name", "gpu_types")
+                           "pod_labels", "queue_endpoint", "queue_secret_name", "gpu_types", "web_domain", "web_endpoint")
     assert SECRET_KEYS == ("kubeconfig",)
+
+
+def test_the_web_keys_are_optional_so_an_older_stack_still_loads():
+    old = {k: v for k, v in GOOD.items() if k not in ("web_domain", "web_endpoint")}
+    outputs = load_outputs(old)
+    assert (outputs.web_domain, outputs.web_endpoint) == ("", "")
+    given = load_outputs({**GOOD, "web_domain": "apps.example.com", "web_endpoint": "http://203.0.113.7"})
+    assert (given.web_domain, given.web_endpoint) == ("apps.example.com", "http://203.0.113.7")
 
 
 def test_load_outputs_reads_good_data_and_ignores_unknown_keys():
@@ -76,6 +84,8 @@ def test_load_outputs_names_every_missing_key_in_one_line():
     ("gpu_types", ["H100"], "gpu_types"),
     ("gpu_types", {"H100": {"node_selector": {"a": 1}, "tolerations": []}}, "gpu_types"),
     ("gpu_types", {"H100": {"node_selector": {}}}, "gpu_types"),
+    ("web_domain", "Apps.Example.COM/", "web_domain ('Apps.Example.COM/' is not a DNS name such as apps.example.com)"),
+    ("web_endpoint", 80, "web_endpoint (a string, not int)"),
 ])
 def test_load_outputs_names_ill_typed_keys(key, value, expect):
     with pytest.raises(InvalidError, match="ill-typed") as e:
@@ -162,9 +172,7 @@ def _platform(**kwargs):
         platform = RunnerPlatform("runner", PlatformArgs(**kwargs), dummy_k8s_provider())
         export_contract({
             "cloud": "local", "kubeconfig": "", "registry_url": "localhost:5000", "bucket_url": "file:///srv/runner",
-            "namespace": platform.namespace, "service_account": platform.service_account,
-            "pod_labels": platform.pod_labels, "queue_endpoint": platform.queue_endpoint, "queue_secret_name": platform.queue_secret_name,
-            "gpu_types": {},
+            "gpu_types": {}, **platform.contract_outputs(),
         })
 
     return program
@@ -196,14 +204,15 @@ def test_validate_manifest_is_strict():
 
 def test_golden_manifests(full):
     assert_golden("platform", full.k8s_manifests())
-    assert_golden("keda-release", full.one(RELEASE).inputs)
+    assert_golden("keda-release", full.one(RELEASE, "runner-keda").inputs)
+    assert_golden("http-addon-release", full.one(RELEASE, "runner-http-addon").inputs)
 
 
 def test_children_are_parented_and_use_the_given_provider(full):
     component = full.one("runner:platform:RunnerPlatform")
     provider = full.one("pulumi:providers:kubernetes")
     children = full.children_of(component)
-    assert len(children) == 11  # 9 objects, the KEDA release, the random password
+    assert len(children) == 13  # 10 objects, the KEDA and HTTP add-on releases, the random password
     for child in children:
         if child.type.startswith("kubernetes:"):
             assert child.provider == f"{provider.urn}::{provider.name}_id", child.name
@@ -231,7 +240,7 @@ def test_service_account_carries_workload_identity(full):
 
 
 def test_queue_is_internal_and_fenced(full):
-    service = full.one(SERVICE).inputs
+    service = full.one(SERVICE, "runner-queue-service").inputs
     assert service["spec"]["type"] == "ClusterIP" and "externalIPs" not in service["spec"]
     assert full.exports["queue_endpoint"] == "redis://runner-queue.runner.svc.cluster.local:6379/0"
     pod_labels = full.one(STATEFULSET).inputs["spec"]["template"]["metadata"]["labels"]
@@ -264,7 +273,7 @@ def test_queue_password_from_config():
 
 
 def test_optional_parts(full):
-    release = full.one(RELEASE).inputs
+    release = full.one(RELEASE, "runner-keda").inputs
     assert (release["chart"], release["repositoryOpts"]["repo"]) == ("keda", "https://kedacore.github.io/charts")
     assert release["version"][0].isdigit() and release["namespace"] == "keda"
     plugin = full.one(DAEMONSET).inputs["spec"]["template"]["spec"]
@@ -277,10 +286,55 @@ def test_optional_parts(full):
     terms = plugin["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert [t["matchExpressions"] for t in terms] == [[{"key": k, "operator": "Exists"}] for k in GPU_NODE_LABEL_KEYS]
 
-    bare = run(_platform(install_keda=False, keda_namespace="kube-system"))
+    bare = run(_platform(install_keda=False, install_http_addon=False, keda_namespace="kube-system"))
     assert not bare.of_type(RELEASE) and not bare.of_type(DAEMONSET)
+    assert [s.name for s in bare.of_type(SERVICE)] == ["runner-queue-service"]
+    assert (bare.exports["web_domain"], bare.exports["web_endpoint"]) == ("", "")  # no front door: in-cluster only
     sources = bare.one(NETPOL).inputs["spec"]["ingress"][0]["from"]
     assert sources[1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+
+
+def test_the_front_door_is_the_http_add_on_behind_a_load_balancer(full):
+    from infra.common.manifests import HTTP_ADDON_VALUES
+
+    addon = full.one(RELEASE, "runner-http-addon").inputs
+    assert (addon["chart"], addon["repositoryOpts"]["repo"]) == ("keda-add-ons-http", "https://kedacore.github.io/charts")
+    assert addon["namespace"] == "keda" and addon["values"] == HTTP_ADDON_VALUES
+    # A request waits for a cold start and for a slow handler far longer than the chart's defaults.
+    assert HTTP_ADDON_VALUES["interceptor"]["responseHeaderTimeout"] == "150s"
+    assert full.one(RELEASE, "runner-keda").urn in full.one(RELEASE, "runner-http-addon").depends_on
+    door = full.one(SERVICE, "runner-web-service").inputs
+    assert door["spec"]["type"] == "LoadBalancer" and door["metadata"]["namespace"] == "keda"
+    assert door["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "proxy", "protocol": "TCP"}]
+    assert door["spec"]["selector"]["app.kubernetes.io/component"] == "interceptor"
+    assert "loadBalancerSourceRanges" not in door["spec"]
+    # The address the cloud gave the load balancer, and a domain that resolves without DNS set-up.
+    assert full.exports["web_endpoint"] == f"http://{MOCK_LB_IP}"
+    assert full.exports["web_domain"] == f"{MOCK_LB_IP}.sslip.io"
+    assert load_outputs(full.exports).web_domain == f"{MOCK_LB_IP}.sslip.io"
+
+
+def test_the_front_door_takes_its_domain_and_allowed_sources_from_config():
+    recorded = run(_platform(), config={"runner:webDomain": "Apps.Example.com.",
+                                        "runner:webAllowedCidrs": ["198.51.100.0/24"]})
+    assert recorded.exports["web_domain"] == "apps.example.com"
+    assert recorded.one(SERVICE, "runner-web-service").inputs["spec"]["loadBalancerSourceRanges"] == [
+        "198.51.100.0/24"]
+
+
+@pytest.mark.parametrize("status,configured,endpoint,domain", [
+    ({"loadBalancer": {"ingress": [{"hostname": "a1b2.elb.eu-west-1.amazonaws.com"}]}}, None,
+     "http://a1b2.elb.eu-west-1.amazonaws.com", ""),  # a host name: sslip.io cannot map it; set runner:webDomain
+    ({"loadBalancer": {"ingress": [{"hostname": "a1b2.elb.eu-west-1.amazonaws.com"}]}}, "apps.example.com",
+     "http://a1b2.elb.eu-west-1.amazonaws.com", "apps.example.com"),
+    ({"loadBalancer": {}}, None, "", ""),  # not assigned yet
+    (None, None, "", ""),
+])
+def test_web_address_and_domain(status, configured, endpoint, domain):
+    from infra.common.manifests import web_address, web_domain
+
+    assert web_address(status) == endpoint
+    assert web_domain(configured, endpoint) == domain
 
 
 def test_custom_namespace_flows_into_outputs():
@@ -288,7 +342,10 @@ def test_custom_namespace_flows_into_outputs():
     assert recorded.one(NS).inputs["metadata"]["name"] == "batch"
     assert recorded.exports["namespace"] == "batch" and recorded.exports["service_account"] == "worker"
     assert recorded.exports["queue_endpoint"] == "redis://runner-queue.batch.svc.cluster.local:6379/0"
-    assert {m["metadata"].get("namespace") for m in recorded.k8s_manifests() if m["kind"] != "Namespace"} == {"batch"}
+    spaces = {m["metadata"].get("namespace") for m in recorded.k8s_manifests() if m["kind"] != "Namespace"}
+    assert spaces == {"batch", "keda"}  # the front door stands beside the HTTP add-on's interceptor
+    assert [m["metadata"]["name"] for m in recorded.k8s_manifests() if m["metadata"].get("namespace") == "keda"] == [
+        "runner-web"]
 
 
 # --- export_contract and the entry point ------------------------------------------------------

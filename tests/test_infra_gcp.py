@@ -240,8 +240,11 @@ def test_manifests_validate_and_match_golden(default):
     kinds = {m["kind"] for m in manifests}
     assert "DaemonSet" not in kinds  # GKE installs the NVIDIA device plugin itself
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-    release = default.one("kubernetes:helm.sh/v3:Release").inputs
+    release = default.one("kubernetes:helm.sh/v3:Release", "runner-keda").inputs
     assert (release["chart"], release["namespace"]) == ("keda", "keda")
+    addon = default.one("kubernetes:helm.sh/v3:Release", "runner-http-addon").inputs
+    assert (addon["chart"], addon["namespace"]) == ("keda-add-ons-http", "keda")
+    assert default.exports["web_domain"].endswith(".sslip.io")  # GKE's load balancers have an IP
     assert_golden("gcp-platform", manifests)
 
 

@@ -142,7 +142,7 @@ def test_contract_outputs(rec):
         "cloud": "local", "kubeconfig": "", "registry_url": "127.0.0.1:5000",
         "bucket_url": f"file://{DATA}/volumes", "namespace": "runner", "service_account": "runner",
         "pod_labels": {}, "queue_endpoint": f"unix://{DATA}/queue-socket/redis.sock?db=0",
-        "queue_secret_name": "runner-queue-auth", "gpu_types": {}}
+        "queue_secret_name": "runner-queue-auth", "gpu_types": {}, "web_domain": "", "web_endpoint": ""}
     assert rec.is_secret("kubeconfig")
     assert load_outputs(rec.exports).cloud == "local"
 

@@ -48,6 +48,7 @@ from runner._k8s import (
     sandbox_manifests,
     schedule_manifests,
     sidecar_script,
+    web_host,
     web_manifests,
 )
 from runner._resources import FunctionOptions, parse_gpu
@@ -113,6 +114,12 @@ def case_function_gpu_volume() -> list[dict]:
 def case_web() -> list[dict]:
     w = workload("api", deployed=True, secrets=secrets(), min_containers=0)
     return web_manifests(stack("azure", pod_labels={"azure.workload.identity/use": "true"}), w)
+
+
+def case_web_front_door() -> list[dict]:
+    w = workload("chat", deployed=True, min_containers=0, max_containers=4, scaledown_window=90)
+    s = stack("gcp", web_domain="203.0.113.10.sslip.io", web_endpoint="http://203.0.113.10")
+    return web_manifests(s, w, host=web_host(s, w), concurrency=8)
 
 
 def case_cron() -> list[dict]:
@@ -201,7 +208,7 @@ def validate_keda(manifest: dict) -> None:
 
 
 def validate(manifest: dict) -> None:
-    (validate_keda if manifest["apiVersion"].startswith("keda.sh/") else validate_k8s)(manifest)
+    (validate_keda if manifest["apiVersion"].split("/")[0] in ("keda.sh", "http.keda.sh") else validate_k8s)(manifest)
 
 
 def assert_golden(name: str, docs: list[dict]) -> None:
@@ -237,8 +244,8 @@ WORKLOAD_KINDS = ("Deployment", "Job", "CronJob", "Pod")
 
 def test_every_kind_is_rendered():
     kinds = {m["kind"] for fn in CASES.values() for m in fn()}
-    assert kinds == {"ConfigMap", "CronJob", "Deployment", "Job", "NetworkPolicy", "Pod", "ScaledObject", "Secret",
-                     "Service", "TriggerAuthentication"}
+    assert kinds == {"ConfigMap", "CronJob", "Deployment", "HTTPScaledObject", "Job", "NetworkPolicy", "Pod",
+                     "ScaledObject", "Secret", "Service", "TriggerAuthentication"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -497,6 +504,37 @@ def test_web_service_reaches_the_deployments_port_8000():
     assert svc["spec"]["selector"].items() <= template_labels.items()
     assert template_labels["azure.workload.identity/use"] == "true"
     assert dep["spec"]["replicas"] == 1
+
+
+def test_a_deployed_web_function_behind_the_front_door_scales_from_zero_on_its_host():
+    docs = case_web_front_door()
+    dep, svc, front = one(docs, "Deployment"), one(docs, "Service"), one(docs, "HTTPScaledObject")
+    assert dep["spec"]["replicas"] == 0  # min_containers: the add-on wakes it on the first request
+    spec = front["spec"]
+    assert spec["hosts"] == ["demo-chat.203.0.113.10.sslip.io"]
+    ref = spec["scaleTargetRef"]
+    assert (ref["kind"], ref["name"], ref["service"]) == ("Deployment", dep["metadata"]["name"], svc["metadata"]["name"])
+    # The CRD's CEL rule, which a JSON schema cannot say: exactly one of port and portName.
+    assert ("port" in ref) != ("portName" in ref) and ref["port"] == svc["spec"]["ports"][0]["port"]
+    assert spec["replicas"] == {"min": 0, "max": 4} and spec["scaledownPeriod"] == 90
+    assert spec["scalingMetric"] == {"concurrency": {"targetValue": 8}}  # max_inputs requests per container
+    assert front["metadata"]["labels"] == dep["metadata"]["labels"]  # removed with the app's other objects
+    # Without a front door the Deployment keeps a pod, reachable in-cluster only.
+    bare = stack("gcp")
+    assert web_host(bare, workload("chat", deployed=True)) is None
+    assert not by_kind(web_manifests(bare, workload("chat", deployed=True, min_containers=0)), "HTTPScaledObject")
+
+
+def test_the_http_scaled_object_validator_rejects_what_the_crd_does():
+    front = one(case_web_front_door(), "HTTPScaledObject")
+    bad = copy.deepcopy(front)
+    bad["spec"]["host"] = bad["spec"].pop("hosts")[0]  # the field's old name, gone from the CRD
+    with pytest.raises(AssertionError, match="host"):
+        validate(bad)
+    bad = copy.deepcopy(front)
+    bad["spec"]["replicas"]["min"] = "0"
+    with pytest.raises(AssertionError, match="replicas.min"):
+        validate(bad)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

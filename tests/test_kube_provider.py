@@ -26,7 +26,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
 
 def _env(stack, **extra) -> dict:
-    return {**os.environ, **stack.env, "KUBECONFIG": stack.kube.kubeconfig, **extra}
+    """The runner's environment (its kubeconfig is the ServiceAccount's, held to the stack's Role);
+    ADMIN_KUBECONFIG for app code that acts as the cluster itself (a preemption)."""
+    return {**os.environ, **stack.env, "KUBECONFIG": stack.kube.kubeconfig,
+            "ADMIN_KUBECONFIG": stack.kube.admin_kubeconfig, **extra}
 
 
 def _run(stack, tmp_path, source: str, *args: str, timeout: float = 240, **env) -> subprocess.CompletedProcess:
@@ -50,6 +53,8 @@ def _objects(stack, app: str) -> dict[str, list[str]]:
         "configmaps": [c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector=sel).items],
         "scaledobjects": [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
             "keda.sh", "v1alpha1", ns, "scaledobjects", label_selector=sel)["items"]],
+        "httpscaledobjects": [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
+            "http.keda.sh", "v1alpha1", ns, "httpscaledobjects", label_selector=sel)["items"]],
     }
     return {k: v for k, v in found.items() if v}
 
@@ -263,10 +268,12 @@ def read(token: str) -> str:
 
 @app.local_entrypoint()
 def main(token: str):
+    import os
+
     from kubernetes import client, config
 
     write.remote(token)
-    core = client.CoreV1Api(config.new_client_from_config())
+    core = client.CoreV1Api(config.new_client_from_config(os.environ["ADMIN_KUBECONFIG"]))  # the cluster's doing
     sel = "runner/app=kube-volume,runner/function=write"
     core.delete_collection_namespaced_pod("runner", label_selector=sel)  # SIGTERM, as for a preemption
     end = time.monotonic() + 90
@@ -439,6 +446,96 @@ def test_a_deployed_app_is_called_from_other_processes_redeployed_and_stopped(ku
     assert _queue_keys(kube_stack, "rq:f:kube-deployed/*:spec") == []
     gone = run_cli(["app", "stop", "kube-deployed"], cwd=tmp_path, env=env)
     assert_one_line_error(gone, "kube-deployed", "runner app list")
+
+
+WEB_DEPLOYED = """
+import modal
+
+app = modal.App("kube-web")
+
+
+@app.function(scaledown_window=3)
+@modal.web_server(8000)
+def site():
+    import http.server
+    import socket
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"hello from {socket.gethostname()} at {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+"""
+
+
+def _front_door(stack, host: str, path: str = "/") -> tuple[int, str]:
+    """GET `path` through the stack's front door with `host` in the Host header (nothing resolves it)."""
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlsplit(json.loads(stack.outputs.read_text())["web_endpoint"])
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    try:
+        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+def _replicas(stack, name: str) -> tuple[int, int]:
+    """(spec.replicas, running pods not being deleted) of Deployment `name`."""
+    from kubernetes import client
+
+    api = stack.kube.api_client()
+    dep = client.AppsV1Api(api).read_namespaced_deployment(name, stack.kube.namespace)
+    sel = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
+    pods = client.CoreV1Api(api).list_namespaced_pod(stack.kube.namespace, label_selector=sel).items
+    return dep.spec.replicas, sum(1 for p in pods if not p.metadata.deletion_timestamp)
+
+
+def test_a_deployed_web_endpoint_sleeps_at_zero_and_wakes_on_a_request_at_its_host(kube_stack, tmp_path):
+    env = _env(kube_stack)
+    path = write(tmp_path, "web.py", textwrap.dedent(WEB_DEPLOYED))
+    done = run_cli(["deploy", str(path)], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    host = "kube-web-site.web.runner.test"
+    assert f"site => http://{host}" in done.stdout
+    try:
+        assert _replicas(kube_stack, "kube-web-site") == (0, 0)  # nothing runs until a request comes
+        started = time.monotonic()
+        status, body = _front_door(kube_stack, host, "/first?x=1")
+        cold = time.monotonic() - started
+        assert (status, body.split(" at ")[-1]) == (200, "/first?x=1"), body
+        assert _replicas(kube_stack, "kube-web-site")[0] == 1
+        print(f"cold wake through the front door: {cold:.2f}s")
+        status, again = _front_door(kube_stack, host.upper(), "/warm")  # host names are case-blind
+        assert status == 200 and again.split(" at ")[0] == body.split(" at ")[0]  # the same warm pod
+        # Past scaledown_window with no request in flight: back to zero, and woken again.
+        end = time.monotonic() + 90
+        while _replicas(kube_stack, "kube-web-site") != (0, 0):
+            assert time.monotonic() < end, _replicas(kube_stack, "kube-web-site")
+            time.sleep(0.5)
+        status, woken = _front_door(kube_stack, host, "/second")
+        assert status == 200 and woken.endswith(" at /second")
+        status, missing = _front_door(kube_stack, "kube-web-other.web.runner.test")
+        assert status == 404 and "kube-web-other.web.runner.test" in missing
+        url = _python(kube_stack, "import runner; print(runner.Function.from_name('kube-web', 'site').get_web_url())")
+        assert url.stdout.strip() == f"http://{host}", url.stderr[-2000:]
+    finally:
+        stopped = run_cli(["app", "stop", "kube-web"], cwd=tmp_path, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _wait_gone(kube_stack, "kube-web", timeout=90) == {}
+    assert _front_door(kube_stack, host)[0] == 404  # the route went with the app
 
 
 SCALING = """

@@ -646,3 +646,103 @@ def test_keda_scales_a_deployment_on_a_redis_stream(redis_socket):
         assert apps.read_namespaced_deployment("worker", NS).spec.replicas == 2
         _until("the scale-down to minReplicaCount after the window", lambda: replicas(1), 20)
         queue.close()
+
+
+# ---- RBAC -----------------------------------------------------------------------------------------
+
+RULES = [{"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list", "create", "delete"]},
+         {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
+         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]}]
+
+
+def test_rbac_holds_the_kubeconfigs_service_account_to_its_role():
+    with standin(rbac=RULES, service_account="runner") as kube:
+        admin = client.CoreV1Api(kube.api_client())
+        user_api = config.new_client_from_config(kube.kubeconfig)
+        user = client.CoreV1Api(user_api)
+        user.create_namespaced_config_map(NS, {"metadata": {"name": "allowed"}})
+        assert [c.metadata.name for c in user.list_namespaced_config_map(NS).items] == ["allowed"]
+
+        def forbidden(call, message: str) -> None:
+            with pytest.raises(ApiException) as e:
+                call()
+            assert e.value.status == 403 and message in json.loads(e.value.body)["message"], e.value.body
+
+        forbidden(lambda: user.patch_namespaced_config_map("allowed", NS, {"data": {"a": "b"}}),
+                  'configmaps "allowed" is forbidden: User "system:serviceaccount:runner:runner" cannot patch '
+                  'resource "configmaps" in API group "" in the namespace "runner"')
+        forbidden(lambda: user.list_namespaced_secret(NS), 'cannot list resource "secrets"')
+        forbidden(lambda: user.list_namespaced_config_map("default"), 'in the namespace "default"')  # a Role's namespace only
+        forbidden(lambda: user.list_config_map_for_all_namespaces(), "at the cluster scope")
+        forbidden(lambda: user.list_node(), 'cannot list resource "nodes"')
+        forbidden(lambda: user.connect_get_namespaced_pod_portforward("p", NS, ports="80"),
+                  'cannot create resource "pods/portforward"')  # a connect subresource needs create
+        forbidden(lambda: client.AppsV1Api(user_api).read_namespaced_deployment_scale("d", NS),
+                  'cannot get resource "deployments/scale" in API group "apps"')
+        admin.list_namespace()  # the tests' own client is an administrator
+        admin.patch_namespaced_config_map("allowed", NS, {"data": {"a": "b"}})
+        bad = client.ApiClient(kube.configuration())
+        bad.configuration.api_key = {"authorization": "Bearer not-a-token"}
+        with pytest.raises(ApiException) as e:
+            client.CoreV1Api(bad).list_namespaced_pod(NS)
+        assert e.value.status == 401
+        bad.close()
+        user_api.close()
+
+
+# ---- the HTTP add-on -------------------------------------------------------------------------------
+
+SERVER = ("import http.server, socket, time\n"
+          "time.sleep(1)\n"  # the pod runs before its server listens: the interceptor must wait for it
+          "class H(http.server.BaseHTTPRequestHandler):\n"
+          "    def do_GET(self):\n"
+          "        b = (socket.gethostname() + ' ' + self.path).encode()\n"
+          "        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers()\n"
+          "        self.wfile.write(b)\n"
+          "    def do_POST(self):\n"
+          "        b = self.rfile.read(int(self.headers['Content-Length']))\n"
+          "        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers()\n"
+          "        self.wfile.write(b)\n"
+          "http.server.ThreadingHTTPServer(('0.0.0.0', 8000), H).serve_forever()\n")
+
+
+def _http(kube, host: str, method: str = "GET", path: str = "/", body: bytes | None = None) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", kube.http_addon.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, "Connection": "close"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_http_add_on_wakes_its_deployment_routes_by_host_and_scales_back(kube_api, kube_standin):
+    apps, custom = client.AppsV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    core = client.CoreV1Api(kube_api)
+    labels = {"app": "site"}
+    apps.create_namespaced_deployment(NS, {
+        "metadata": {"name": "site"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                     "name": "main", "image": IMAGE, "command": ["python3", "-c", SERVER],
+                     "ports": [{"name": "http", "containerPort": 8000}]}]}}}})
+    core.create_namespaced_service(NS, {"metadata": {"name": "site"}, "spec": {
+        "selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}})
+    custom.create_namespaced_custom_object("http.keda.sh", "v1alpha1", NS, "httpscaledobjects", {
+        "apiVersion": "http.keda.sh/v1alpha1", "kind": "HTTPScaledObject", "metadata": {"name": "site"},
+        "spec": {"hosts": ["site.example.test"], "pathPrefixes": ["/app"], "scaledownPeriod": 2,
+                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "site", "service": "site",
+                                    "port": 80},
+                 "replicas": {"min": 0, "max": 2}}})
+    assert _http(kube_standin, "other.example.test")[0] == 404
+    assert _http(kube_standin, "site.example.test", path="/elsewhere")[0] == 404  # outside its path prefixes
+    status, body = _http(kube_standin, "site.example.test:80", path="/app/x?y=1")
+    assert status == 200 and body.endswith(" /app/x?y=1"), body
+    assert apps.read_namespaced_deployment("site", NS).spec.replicas == 1
+    assert _http(kube_standin, "SITE.example.test", "POST", "/app", b"x" * 100_000) == (200, "x" * 100_000)
+    got = custom.get_namespaced_custom_object("http.keda.sh", "v1alpha1", NS, "httpscaledobjects", "site")
+    assert got["status"]["conditions"][0]["type"] == "Ready"
+    _until("scale-down to replicas.min", lambda: apps.read_namespaced_deployment("site", NS).spec.replicas == 0,
+           timeout=30)

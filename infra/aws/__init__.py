@@ -23,7 +23,11 @@ def program() -> None:
     """Build the AWS stack from config and export the runner's stack outputs."""
     args = from_config()
     platform_args = PlatformArgs(install_device_plugin=True, gpu_node_label_keys=(GPU_LABEL, *GPU_NODE_LABEL_KEYS),
-                                 queue_storage_class="gp3")
+                                 queue_storage_class="gp3",
+                                 # The in-tree controller makes a Network Load Balancer, known by a host
+                                 # name only: the web domain is config runner:webDomain (a wildcard
+                                 # CNAME to web_endpoint), as sslip.io maps IPs, not names.
+                                 web_service_annotations={"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"})
     cluster = AwsCluster("runner", args, runner_namespace=platform_args.namespace,
                          runner_service_account=platform_args.service_account)
     platform = RunnerPlatform("runner", platform_args, cluster.provider)

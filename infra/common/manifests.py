@@ -15,7 +15,15 @@ from typing import Any
 
 import pulumi
 
-from .versions import DEVICE_PLUGIN_IMAGE, KEDA_CHART, KEDA_CHART_VERSION, KEDA_REPO, REDIS_IMAGE
+from .versions import (
+    DEVICE_PLUGIN_IMAGE,
+    HTTP_ADDON_CHART,
+    HTTP_ADDON_CHART_VERSION,
+    KEDA_CHART,
+    KEDA_CHART_VERSION,
+    KEDA_REPO,
+    REDIS_IMAGE,
+)
 
 __all__ = [
     "DEVICE_PLUGIN_IMAGE",
@@ -28,6 +36,7 @@ __all__ = [
     "REDIS_IMAGE",
     "RUNNER_RULES",
     "device_plugin_daemonset",
+    "http_addon_release_args",
     "keda_release_args",
     "namespace",
     "queue_endpoint",
@@ -38,6 +47,9 @@ __all__ = [
     "role",
     "role_binding",
     "service_account",
+    "web_address",
+    "web_domain",
+    "web_service",
 ]
 
 QUEUE_NAME = "runner-queue"
@@ -59,18 +71,21 @@ _CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
 # What the runner does in its namespace, and nothing more: run function containers as pods,
 # deployments, jobs and cronjobs; expose web functions as services; keep named secrets, config
 # maps and volumes (PVCs); isolate sandboxes with network policies; scale through KEDA (a
-# ScaledObject reads the queue with a TriggerAuthentication for its password). Events are read
-# only, to say why a pod is pending.
+# ScaledObject reads the queue with a TriggerAuthentication for its password; an HTTPScaledObject
+# routes a deployed web function's host through the HTTP add-on). Port-forwards carry the client
+# to the queue and to a run's web pods. Secrets are applied (created or patched) and listed by
+# label to remove an app's old ones, never watched. Events are read only, to say why a pod is pending.
 RUNNER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"], "verbs": _CRUD},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get", "list"]},
-    {"apiGroups": [""], "resources": ["pods/exec", "pods/attach"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "verbs": _CRUD},
     {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": _CRUD},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _CRUD},
     {"apiGroups": ["keda.sh"], "resources": ["scaledobjects", "triggerauthentications"], "verbs": _CRUD},
+    {"apiGroups": ["http.keda.sh"], "resources": ["httpscaledobjects"], "verbs": _CRUD},
 ]
 
 
@@ -247,3 +262,72 @@ def keda_release_args(ns: str = "keda") -> dict[str, Any]:
     """Keyword arguments of the `pulumi_kubernetes.helm.v3.Release` that installs KEDA."""
     return {"name": "keda", "chart": KEDA_CHART, "version": KEDA_CHART_VERSION, "namespace": ns,
             "create_namespace": True, "repository_opts": {"repo": KEDA_REPO}}
+
+
+# The KEDA HTTP add-on, the front door of deployed web endpoints. Its interceptor holds a request
+# while the function's Deployment wakes from zero (waitTimeout; a new GPU node can take minutes,
+# and stays under the 4 minute idle timeout of Azure's load balancer) and then waits up to
+# responseHeaderTimeout for the function to answer: Modal's own limit for a web request, 150 s
+# (the chart's default, 500 ms, would fail any handler slower than that).
+HTTP_ADDON_RELEASE = "keda-add-ons-http"
+WEB_SERVICE = "runner-web"
+HTTP_ADDON_VALUES: dict[str, Any] = {
+    "interceptor": {"replicas": {"min": 1, "max": 10, "waitTimeout": "180s"}, "responseHeaderTimeout": "150s"},
+}
+
+
+def http_addon_release_args(ns: str = "keda") -> dict[str, Any]:
+    """Keyword arguments of the `pulumi_kubernetes.helm.v3.Release` that installs the HTTP add-on."""
+    return {"name": HTTP_ADDON_RELEASE, "chart": HTTP_ADDON_CHART, "version": HTTP_ADDON_CHART_VERSION,
+            "namespace": ns, "create_namespace": True, "repository_opts": {"repo": KEDA_REPO},
+            "values": HTTP_ADDON_VALUES}
+
+
+def web_service(ns: str, annotations: dict[str, str] | None = None,
+                source_ranges: list[str] | None = None) -> dict[str, Any]:
+    """The front door: a LoadBalancer Service in front of the HTTP add-on's interceptor pods (in
+    the add-on's namespace `ns`), port 80 to their `proxy` port. `annotations` choose the cloud's
+    kind of load balancer; `source_ranges` (CIDRs) limit who may connect, else anyone can."""
+    meta = _meta(WEB_SERVICE, ns, "web")
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    spec: dict[str, Any] = {
+        "type": "LoadBalancer",
+        "selector": {"app.kubernetes.io/component": "interceptor", "app.kubernetes.io/name": "http-add-on",
+                     "app.kubernetes.io/instance": HTTP_ADDON_RELEASE},
+        "ports": [{"name": "http", "port": 80, "targetPort": "proxy", "protocol": "TCP"}],
+    }
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+def web_address(status: Any) -> str:
+    """The front door's address, `http://IP` or `http://HOST`, from its Service's status (a dict
+    or the typed status); "" until the cloud has assigned one."""
+    def field(obj: Any, *names: str) -> Any:
+        for name in names:
+            if obj is None:
+                return None
+            obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        return obj
+
+    for ingress in field(status, "load_balancer", "ingress") or field(status, "loadBalancer", "ingress") or []:
+        address = field(ingress, "ip") or field(ingress, "hostname")
+        if address:
+            return f"http://{address}"
+    return ""
+
+
+def web_domain(configured: str | None, address: str) -> str:
+    """The domain deployed endpoints get hosts under: `configured` (a wildcard DNS name pointed at
+    the front door) when set, else `IP.sslip.io` when the front door has an IP (a public DNS
+    service answering every NAME.IP.sslip.io with IP, as Knative's default domain does), else ""
+    (a load balancer known by host name only, as on AWS: set runner:webDomain)."""
+    if configured:
+        return configured.strip().rstrip(".").lower()
+    host = address.removeprefix("http://")
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return f"{host}.sslip.io"
+    return ""

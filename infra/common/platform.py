@@ -7,6 +7,13 @@
     queue            Redis (StatefulSet + PVC), ClusterIP Service `runner-queue`, a Secret with
                      key `password`, a NetworkPolicy letting only the namespace (and KEDA) in
     KEDA             Helm release into namespace `keda` (`install_keda`; AKS has an add-on)
+    front door       the KEDA HTTP add-on (Helm release, in KEDA's namespace) and `runner-web`, a
+                     LoadBalancer Service in front of its interceptor (`install_http_addon`):
+                     deployed web endpoints answer at http://APP-FUNCTION.<web_domain> and wake
+                     from zero on a request. web_domain: config `runner:webDomain` (a wildcard
+                     DNS name pointed at the load balancer), else IP.sslip.io from the load
+                     balancer's IP; config `runner:webAllowedCidrs` (a JSON list) limits who
+                     may connect
     device plugin    NVIDIA's DaemonSet on GPU nodes (`install_device_plugin`)
 
 A cloud program passes the `pulumi_kubernetes.Provider` of its cluster; every child is parented
@@ -80,6 +87,13 @@ class PlatformArgs:
     # keda_namespace="kube-system" so the queue's NetworkPolicy lets that operator in.
     install_keda: bool = True
     keda_namespace: str = "keda"
+    # The front door of deployed web endpoints (see the module docstring). `web_service_annotations`
+    # choose the cloud's load balancer (AWS: an NLB); `web_domain` and `web_source_ranges`, when
+    # None, come from config runner:webDomain and runner:webAllowedCidrs.
+    install_http_addon: bool = True
+    web_service_annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    web_domain: str | None = None
+    web_source_ranges: list[str] | None = None
     # NVIDIA's device plugin, on nodes with any of `gpu_node_label_keys`, tolerating every taint
     # (Spot ones too). GKE installs its own (False there); EKS and AKS GPU nodes need it.
     install_device_plugin: bool = False
@@ -95,7 +109,8 @@ class PlatformArgs:
 
 class RunnerPlatform(pulumi.ComponentResource):
     """The in-cluster platform; outputs `namespace`, `service_account`, `queue_endpoint`,
-    `queue_secret_name` (all `pulumi.Output[str]`), and `pod_labels` (plain, from args)."""
+    `queue_secret_name`, `web_domain`, `web_endpoint` (all `pulumi.Output[str]`; the web ones ""
+    without the front door), and `pod_labels` (plain, from args)."""
 
     namespace: pulumi.Output[str]
     service_account: pulumi.Output[str]
@@ -129,8 +144,25 @@ class RunnerPlatform(pulumi.ComponentResource):
         apply_manifest(f"{name}-queue-network-policy",
                        manifests.queue_network_policy(ns, args.keda_namespace), in_ns)
 
+        keda = None
         if args.install_keda:
-            k8s.helm.v3.Release(f"{name}-keda", opts=child, **manifests.keda_release_args(args.keda_namespace))
+            keda = k8s.helm.v3.Release(f"{name}-keda", opts=child, **manifests.keda_release_args(args.keda_namespace))
+        self.web_domain: pulumi.Output[str] = pulumi.Output.from_input("")
+        self.web_endpoint: pulumi.Output[str] = pulumi.Output.from_input("")
+        if args.install_http_addon:
+            config = pulumi.Config("runner")
+            domain = args.web_domain if args.web_domain is not None else config.get("webDomain")
+            ranges = args.web_source_ranges if args.web_source_ranges is not None else (
+                config.get_object("webAllowedCidrs") or [])
+            after_keda = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[keda] if keda is not None else []))
+            addon = k8s.helm.v3.Release(f"{name}-http-addon", opts=after_keda,
+                                        **manifests.http_addon_release_args(args.keda_namespace))
+            door = apply_manifest(f"{name}-web-service",
+                                  manifests.web_service(args.keda_namespace, args.web_service_annotations, ranges),
+                                  pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[addon])))
+            self.web_endpoint = door.status.apply(manifests.web_address)
+            self.web_domain = self.web_endpoint.apply(lambda address: manifests.web_domain(domain, address))
         if args.install_device_plugin:
             apply_manifest(f"{name}-device-plugin",
                            manifests.device_plugin_daemonset(node_label_keys=args.gpu_node_label_keys), child)
@@ -141,9 +173,11 @@ class RunnerPlatform(pulumi.ComponentResource):
         self.queue_endpoint = service.metadata.namespace.apply(manifests.queue_endpoint)
         self.queue_secret_name = secret.metadata.name
         self.register_outputs({"namespace": self.namespace, "service_account": self.service_account,
-                               "queue_endpoint": self.queue_endpoint, "queue_secret_name": self.queue_secret_name})
+                               "queue_endpoint": self.queue_endpoint, "queue_secret_name": self.queue_secret_name,
+                               "web_domain": self.web_domain, "web_endpoint": self.web_endpoint})
 
     def contract_outputs(self) -> dict[str, Any]:
         """The keys of the stack-outputs contract that the platform decides, for `export_contract`."""
         return {"namespace": self.namespace, "service_account": self.service_account, "pod_labels": self.pod_labels,
-                "queue_endpoint": self.queue_endpoint, "queue_secret_name": self.queue_secret_name}
+                "queue_endpoint": self.queue_endpoint, "queue_secret_name": self.queue_secret_name,
+                "web_domain": self.web_domain, "web_endpoint": self.web_endpoint}

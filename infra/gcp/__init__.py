@@ -4,7 +4,8 @@ Config keys (README.md lists them with defaults): `gcp:project` (required), `run
 `gcp:region`), `runner:zones`, `runner:name`, `runner:cpuMachineType`, `runner:cpuMinNodes`,
 `runner:cpuMaxNodes`, `runner:gpuTypes`, `runner:gpuMaxNodes`, `runner:gpuZones`, `runner:spot`,
 `runner:onDemandFallback`, `runner:gpuDriverVersion`, `runner:bucketName`, `runner:forceDestroy`,
-and the secret `runner:queuePassword` (read by `infra.common.RunnerPlatform`).
+and the secret `runner:queuePassword`, `runner:webDomain` and `runner:webAllowedCidrs` (read by
+`infra.common.RunnerPlatform`).
 
 A missing or bad value stops the program before anything is declared, with one line naming the
 key and what to set (`pulumi.RunError`), instead of a provider error halfway through `pulumi up`.

@@ -92,4 +92,6 @@ def program() -> None:
         "queue_endpoint": local.queue_endpoint,
         "queue_secret_name": local.queue_secret_name,
         "gpu_types": {},  # see README.md: `--gpus` needs no node selector or toleration
+        "web_domain": "",  # no cluster, so no front door: a local deploy serves on 127.0.0.1 itself
+        "web_endpoint": "",
     })

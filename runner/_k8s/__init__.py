@@ -6,7 +6,8 @@ deterministic (the same input renders the same dicts, byte for byte once dumped 
 keys). Fields are the API's camelCase. Everything is rendered into the stack's namespace.
 
     function_manifests(stack, w)       Secrets, TriggerAuthentication, worker Deployment, ScaledObject
-    web_manifests(stack, w)            Secrets, web Deployment, Service
+    web_manifests(stack, w)            Secrets, web Deployment, Service (and, deployed behind the
+                                       stack's front door, an HTTPScaledObject)
     schedule_manifests(stack, w, s)    Secrets, CronJob
     job_manifests(stack, w)            Secrets, Job
     sandbox_manifests(stack, w, id, block_network=...)
@@ -28,7 +29,7 @@ from typing import Any
 
 from .._schedule import Schedule
 from .._stack import StackOutputs
-from ._keda import consumer_group, scaled_object, stream_name, trigger_authentication
+from ._keda import consumer_group, http_scaled_object, scaled_object, stream_name, trigger_authentication, web_host
 from ._meta import cpu_quantity, dns_name, labels, memory_quantity, owned, run_owner, secret
 from ._placement import GPU_RESOURCE, Placement, gpu_placement
 from ._pod import (
@@ -48,10 +49,11 @@ from ._workloads import WEB_PORT, cronjob, deployment, job, network_policy, peri
 
 __all__ = ["DEFAULT_CPU", "DEFAULT_GRACE_SECONDS", "DEFAULT_MEMORY_MIB", "GPU_RESOURCE", "SYNC_TOOLS", "WEB_PORT",
            "WORKER_COMMAND", "Placement", "SyncTool", "Workload", "consumer_group", "cpu_quantity", "cronjob",
-           "deployment", "dns_name", "function_manifests", "gpu_placement", "image_ref", "job", "job_manifests",
+           "deployment", "dns_name", "function_manifests", "gpu_placement", "http_scaled_object", "image_ref", "job", "job_manifests",
            "labels", "memory_quantity", "network_policy", "owned", "period_to_cron", "pod_template", "run_owner",
            "sandbox_manifests", "sandbox_pod", "scaled_object", "schedule_manifests", "secret", "secret_manifests",
-           "secret_names", "service", "sidecar_script", "stream_name", "trigger_authentication", "web_manifests"]
+           "secret_names", "service", "sidecar_script", "stream_name", "trigger_authentication", "web_host",
+           "web_manifests"]
 
 
 def secret_manifests(stack: StackOutputs, w: Workload) -> list[dict[str, Any]]:
@@ -70,14 +72,22 @@ def function_manifests(stack: StackOutputs, w: Workload, *, command: Sequence[st
 
 def web_manifests(stack: StackOutputs, w: Workload, *, command: Sequence[str] = WORKER_COMMAND,
                   grace_seconds: int = DEFAULT_GRACE_SECONDS, web_port: int = WEB_PORT,
-                  replicas: int | None = None) -> list[dict[str, Any]]:
+                  replicas: int | None = None, host: str | None = None,
+                  concurrency: int = 1) -> list[dict[str, Any]]:
     """A web function: its Secrets, web Deployment (serving on `web_port`, 8000 unless the function
     is a web_server on a port of its own) and ClusterIP Service (80). `replicas`: the Deployment's
-    first count, when its front door scales it (a run's starts at 0 and wakes on a request)."""
+    first count, when its front door scales it (a run's starts at 0 and wakes on a request).
+    `host` (see `web_host`): deployed behind the stack's front door, answering on that host, with
+    the HTTPScaledObject that routes it and scales the Deployment from `min_containers` (0 too)."""
     dep = deployment(stack, w, command=command, web_port=web_port, grace_seconds=grace_seconds)
+    if host is not None:
+        replicas = w.options.min_containers if replicas is None else replicas
     if replicas is not None:
         dep["spec"]["replicas"] = replicas
-    return [*secret_manifests(stack, w), dep, service(stack, w)]
+    svc = service(stack, w)
+    front = [http_scaled_object(stack, w, host, port=svc["spec"]["ports"][0]["port"], concurrency=concurrency)
+             ] if host is not None else []
+    return [*secret_manifests(stack, w), dep, svc, *front]
 
 
 def schedule_manifests(stack: StackOutputs, w: Workload, schedule: Schedule, *, start: _dt.datetime | None = None,

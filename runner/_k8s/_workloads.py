@@ -5,8 +5,8 @@
   is rendered as `min_containers` for the first apply; an update of a running Deployment should
   leave `replicas` out (or apply it under a field manager KEDA's HPA does not fight). A web
   function's Deployment (`web_port`) also serves HTTP on that port (mode "web",
-  RUNNER_WEB_PORT), with a TCP readiness probe, and starts with `max(1, min_containers)` replicas
-  because nothing wakes it from zero but its front door (not rendered here).
+  RUNNER_WEB_PORT), with a TCP readiness probe, and starts with `max(1, min_containers)` replicas:
+  only a front door wakes it from zero (`web_manifests` sets the count when there is one).
   Rolling updates add a new pod before removing an old one (maxSurge 1, maxUnavailable 0), so
   deploying again never drops a request.
 - `service`: ClusterIP, port 80 to the container's named port `http` (8000).

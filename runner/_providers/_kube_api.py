@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),
     "TriggerAuthentication": ("keda.sh/v1alpha1", "triggerauthentications"),
+    "HTTPScaledObject": ("http.keda.sh/v1alpha1", "httpscaledobjects"),
 }
 
 

@@ -15,7 +15,8 @@ deletion, GC) with `_types`, `_selectors`, `_patches` and `_validation` beside i
 kubelet (a pod is a pause container plus one Docker container per container) and `_podrefs` what
 it resolves from the spec (env, Secret and ConfigMap files, pull credentials); `_controllers` the
 Deployment/ReplicaSet/Job controllers; `_keda` KEDA's operator and HPA for ScaledObjects with
-redis-streams triggers; `_loopback` the Services backed by host unix sockets (`services=`) and
+redis-streams triggers; `_http_addon` the KEDA HTTP add-on's interceptor (on 127.0.0.1,
+`web_url`) and scaler for HTTPScaledObjects; `_loopback` the Services backed by host unix sockets (`services=`) and
 `_relay` the relay it and port-forwards run inside a pod's network namespace; `_server` the
 HTTP and WebSocket face. docs/kubernetes.md, "The API stand-in", lists what it does and does not do.
 
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import pathlib
+import secrets
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -42,9 +44,11 @@ from runner._context import pid_alive
 from aiohttp import web
 
 from ._controllers import Controllers
+from ._http_addon import HttpAddon
 from ._keda import Keda
 from ._loopback import LoopbackServices
 from ._pods import LABEL, PodRunner, remove_labelled
+from ._rbac import Rbac
 from ._server import make_app
 from ._store import ApiError, Store
 
@@ -57,6 +61,10 @@ _counter = iter(range(1, 10**9))
 class KubeStandin:
     """One stand-in API server. start() returns self; stop() removes every container and volume it made.
 
+    rbac: the rules of a Role in `namespace` that the `kubeconfig`'s user (a ServiceAccount) is
+    bound to, enforced as the API server's authorizer does (see _rbac); api_client() and
+    `admin_kubeconfig` act as an administrator.
+
     services maps a Service name (in `namespace`, or "name.namespace") to (absolute unix socket
     path on the host, port): every pod reaches `name.<ns>.svc.cluster.local:port` (and the short
     forms) as a connection to that socket, and KEDA triggers whose address names it read it; see
@@ -66,9 +74,15 @@ class KubeStandin:
     def __init__(self, namespaces: tuple[str, ...] = ("default", "kube-system", "runner"),
                  node_labels: dict[str, str] | None = None, node_resources: dict[str, str] | None = None,
                  token: str | None = None, pause_image: str = IMAGE, namespace: str = "runner",
-                 services: dict[str, tuple[str, int]] | None = None):
+                 services: dict[str, tuple[str, int]] | None = None, rbac: list[dict] | None = None,
+                 service_account: str = "default"):
         self.instance = f"{os.getpid()}-{next(_counter)}"
         self.namespace, self.token = namespace, token
+        if rbac is not None:  # the kubeconfig's user is the ServiceAccount; api_client() an administrator
+            self.token = token or secrets.token_hex(16)
+            self.rbac: Rbac | None = Rbac(tuple(rbac), namespace, service_account, secrets.token_hex(16))
+        else:
+            self.rbac = None
         self.services = LoopbackServices(services or {}, namespace)
         self.docker = docker.from_env()
         self.store = Store(namespaces)
@@ -89,6 +103,7 @@ class KubeStandin:
         self.runner = PodRunner(self.store, self.instance, self.node, self.docker, pause_image, self.services)
         self.controllers = Controllers(self.store)
         self.keda = Keda(self.store, self.services)
+        self.http_addon = HttpAddon(self.store, self.runner, self.docker)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -108,7 +123,7 @@ class KubeStandin:
             loop = self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             try:
-                self._http = web.AppRunner(make_app(self.store, self.runner, self.token), shutdown_timeout=1.0,
+                self._http = web.AppRunner(make_app(self.store, self.runner, self.token, self.rbac), shutdown_timeout=1.0,
                                            handle_signals=False, access_log=None)
                 loop.run_until_complete(self._http.setup())
                 site = web.TCPSite(self._http, "127.0.0.1", 0)
@@ -134,9 +149,16 @@ class KubeStandin:
             raise failure[0]
         self.controllers.start()
         self.keda.start()
+        self.http_addon.start()
         return self
 
+    @property
+    def web_url(self) -> str:
+        """The HTTP add-on's interceptor: where a stack's front door would send its web traffic."""
+        return self.http_addon.url
+
     def stop(self) -> None:
+        self.http_addon.stop()
         self.keda.stop()
         self.controllers.stop()
         self.runner.shutdown()
@@ -177,10 +199,19 @@ class KubeStandin:
 
     @property
     def kubeconfig(self) -> str:
-        """A kubeconfig file whose current context points here, with namespace `runner`."""
-        path = pathlib.Path(self._dir, "kubeconfig")
+        """A kubeconfig file whose current context points here, with namespace `runner`; its user
+        is the ServiceAccount bound to the `rbac` Role when there is one."""
+        return self._kubeconfig("kubeconfig", self.rbac.token if self.rbac else self.token)
+
+    @property
+    def admin_kubeconfig(self) -> str:
+        """The same as an administrator, for a test acting as the cluster (a preemption, say)."""
+        return self._kubeconfig("admin-kubeconfig", self.token)
+
+    def _kubeconfig(self, name: str, token: str | None) -> str:
+        path = pathlib.Path(self._dir, name)
         if not path.exists():
-            user = {"token": self.token} if self.token else {}
+            user = {"token": token} if token else {}
             path.write_text(yaml.safe_dump({
                 "apiVersion": "v1", "kind": "Config", "current-context": "kube-standin", "preferences": {},
                 "clusters": [{"name": "kube-standin", "cluster": {"server": self.url}}],

@@ -4,10 +4,12 @@ It runs there, not on the host, because the pause container holds the pod's netw
 its 127.0.0.1 is the pod's loopback, so neither a port-forward nor a loopback service ever needs
 a container's bridge address. Standard library only (it runs on the pod's python3).
 
-    connect PORT
+    connect PORT [announce]
         pods/portforward: one TCP connection to 127.0.0.1:PORT carried over stdin and stdout. A
         failed connect is one line on stderr and exit status 1; stdin's end half-closes the
-        connection (the forwarding client went away), the connection's end ends the relay.
+        connection (the forwarding client went away), the connection's end ends the relay. With
+        `announce`, a made connection is first said on stderr (CONNECTED), so a caller knows
+        before it sends anything (the stand-in's HTTP add-on retries refused connects).
     serve ADDR:PORT=SOCKET ...
         loopback services: listen on each ADDR:PORT (a 127.x address: the Service's "cluster IP"
         in this pod) and carry every connection to the unix socket SOCKET, which the stand-in
@@ -20,6 +22,7 @@ import sys
 import threading
 
 READY = "kube-standin: loopback services ready"
+CONNECTED = "kube-standin: connected"
 
 
 def _write_all(fd, data):
@@ -27,13 +30,16 @@ def _write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def _connect(port):
+def _connect(port, announce=False):
     try:
         conn = socket.create_connection(("127.0.0.1", port), timeout=5)
     except OSError as e:
         sys.stderr.write(f"failed to connect to localhost:{port} inside the pod: {e.strerror or e}\n")
         return 1
     conn.settimeout(None)
+    if announce:
+        sys.stderr.write(CONNECTED + "\n")
+        sys.stderr.flush()
 
     def upstream():
         try:
@@ -97,11 +103,11 @@ def _serve(specs):
 
 
 def main(argv):
-    if argv[:1] == ["connect"] and len(argv) == 2:
-        return _connect(int(argv[1]))
+    if argv[:1] == ["connect"] and len(argv) in (2, 3) and argv[2:] in ([], ["announce"]):
+        return _connect(int(argv[1]), announce=len(argv) == 3)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
-    sys.stderr.write("usage: connect PORT | serve ADDR:PORT=SOCKET ...\n")
+    sys.stderr.write("usage: connect PORT [announce] | serve ADDR:PORT=SOCKET ...\n")
     return 2
 
 

@@ -30,6 +30,7 @@ from aiohttp import WSMsgType, web
 
 from ._loopback import relay_command
 from ._pods import PodRunner
+from ._rbac import Rbac
 from ._store import RESOURCES, ApiError, Resource, Store
 
 __all__ = ["make_app"]
@@ -51,21 +52,22 @@ def _bool(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
-def make_app(store: Store, runner: PodRunner, token: str | None = None) -> web.Application:
-    server = _Server(store, runner, token)
+def make_app(store: Store, runner: PodRunner, token: str | None = None, rbac: Rbac | None = None) -> web.Application:
+    server = _Server(store, runner, token, rbac)
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_route("*", "/{tail:.*}", server.handle)
     return app
 
 
 class _Server:
-    def __init__(self, store: Store, runner: PodRunner, token: str | None):
-        self.store, self.runner, self.token = store, runner, token
+    def __init__(self, store: Store, runner: PodRunner, token: str | None, rbac: Rbac | None = None):
+        self.store, self.runner, self.token, self.rbac = store, runner, token, rbac
         self.docker = runner.docker
+        self.tokens = {f"Bearer {t}" for t in (token, rbac.token if rbac else None) if t}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            if self.tokens and request.headers.get("Authorization") not in self.tokens:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             return await self._route(request)
         except ApiError as e:
@@ -162,6 +164,9 @@ class _Server:
         q = request.query
         dry = q.get("dryRun") == "All"
         method = request.method
+        if self.rbac is not None:
+            self.rbac.check(request.headers.get("Authorization", "").removeprefix("Bearer "), method, res,
+                            None if all_namespaces else ns, name, sub, method == "GET" and _bool(q.get("watch")))
         if sub == "log" and method == "GET":
             return await self._logs(request, ns, name)
         if sub in ("exec", "attach"):
