@@ -142,6 +142,7 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
             keep.add(w.name)
             info = {"key": w.queue_key, "max_inputs": t.max_inputs, "timeout": t.options.timeout,
                     "retries": t.options.retries is not None, "deployment": w.name}
+            host = None
             if t.web is not None:
                 register(r, W.Keys(w.queue_key), t, APP_ROOT, LEASE, secrets_in_spec=False, web=provider)
                 host = web_host(stack, w)
@@ -158,9 +159,15 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
                     w.options, gpu=(), volumes=(), cpu=None, memory=None))
                 manifests += schedule_manifests(stack, enqueuer, schedule,
                                                 start=_dt.datetime.now(_dt.timezone.utc))[-1:]
+            # KEDA (or the front door) owns a running Deployment's replicas; a web function on a
+            # stack without a front door has neither, so its count is the deploy's, and a front
+            # door's route from an earlier deploy (the stack had one then) goes.
+            scaled = t.web is None or host is not None
+            if not scaled:
+                kube.delete("HTTPScaledObject", w.name)
             for obj in owned(manifests, owner, uid):
-                if obj["kind"] == "Deployment" and kube.get("Deployment", obj["metadata"]["name"]) is not None:
-                    obj["spec"].pop("replicas", None)  # KEDA (or the front door) owns it once it runs
+                if scaled and obj["kind"] == "Deployment" and kube.get("Deployment", obj["metadata"]["name"]) is not None:
+                    obj["spec"].pop("replicas", None)
                 kube.apply(obj)
             if f is not None:
                 state["functions"][label] = {**info, "gen": f._is_gen(), "web": t.web is not None,
@@ -192,10 +199,17 @@ def deploy(target: str, as_module: bool, name: str | None) -> dict:
 def _remove_stale(kube: Any, name: str, keep: set[str]) -> None:
     """Objects of functions the new version no longer has."""
     from ._k8s._meta import LABEL_APP, label_value
+    from ._providers._kube_api import KubeError
 
     for kind in ("CronJob", "HTTPScaledObject", "ScaledObject", "TriggerAuthentication", "Deployment", "Service",
                  "Secret"):
-        for obj in kube.list(kind, {LABEL_APP: label_value(name)}):
+        try:
+            found = kube.list(kind, {LABEL_APP: label_value(name)})
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            continue  # a kind the cluster does not serve (no HTTP add-on on the stack): none of it to remove
+        for obj in found:
             n = obj["metadata"]["name"]
             if not any(n == k or n.startswith(k + "-") for k in keep):
                 kube.delete(kind, n)

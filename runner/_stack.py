@@ -42,7 +42,7 @@ from typing import Any
 
 from .exception import InvalidError
 
-__all__ = ["CLOUDS", "OPTIONAL_KEYS", "OUTPUT_KEYS", "SECRET_KEYS", "STACK_OUTPUTS_ENV", "StackOutputs", "load_outputs",
+__all__ = ["CLOUDS", "OPTIONAL_KEYS", "OUTPUT_KEYS", "SECRET_KEYS", "is_dns_name", "STACK_OUTPUTS_ENV", "StackOutputs", "load_outputs",
            "read_outputs"]
 
 CLOUDS = ("gcp", "aws", "azure", "local")
@@ -75,6 +75,11 @@ OPTIONAL_KEYS: tuple[str, ...] = ("web_domain", "web_endpoint")
 SECRET_KEYS: tuple[str, ...] = ("kubeconfig",)
 # Keys that must hold a non-empty string (kubeconfig may be "" for local; the optional ones "").
 _NONEMPTY = tuple(k for k in OUTPUT_KEYS if k not in ("kubeconfig", "gpu_types", "pod_labels", *OPTIONAL_KEYS))
+
+
+def is_dns_name(value: str) -> bool:
+    """A lower-case DNS name of two labels or more (`apps.example.com`), as `web_domain` must be."""
+    return bool(_DOMAIN.fullmatch(value))
 
 
 def _gpu_types_ok(value: Any) -> bool:
@@ -120,7 +125,7 @@ def load_outputs(data: Any) -> StackOutputs:
             bad.append(f"{key} (a string, not {type(value).__name__})")
         elif key in _NONEMPTY and not value:
             bad.append(f"{key} (empty)")
-        elif key == "web_domain" and value and not _DOMAIN.fullmatch(value):
+        elif key == "web_domain" and value and not is_dns_name(value):
             bad.append(f"web_domain ({value!r} is not a DNS name such as apps.example.com)")
     problems = []
     if missing:

@@ -322,6 +322,12 @@ def test_the_front_door_takes_its_domain_and_allowed_sources_from_config():
         "198.51.100.0/24"]
 
 
+@pytest.mark.parametrize("bad", ["https://apps.example.com", "localhost", "apps_example.com"])
+def test_a_web_domain_that_is_no_dns_name_stops_the_program_with_one_line(bad):
+    with pytest.raises(pulumi.RunError, match=r"stack config runner:webDomain is .*, not a DNS name: `pulumi config set"):
+        run(_platform(), config={"runner:webDomain": bad})
+
+
 @pytest.mark.parametrize("status,configured,endpoint,domain", [
     ({"loadBalancer": {"ingress": [{"hostname": "a1b2.elb.eu-west-1.amazonaws.com"}]}}, None,
      "http://a1b2.elb.eu-west-1.amazonaws.com", ""),  # a host name: sslip.io cannot map it; set runner:webDomain

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 
 import pytest
 
@@ -37,11 +38,22 @@ def _run(stack, tmp_path, source: str, *args: str, timeout: float = 240, **env) 
     return run_cli(["run", str(path), *args], cwd=tmp_path, env=_env(stack, **env), timeout=timeout)
 
 
+_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _api(stack):
+    """One administrator's ApiClient per stand-in, for the polling helpers below: a new client
+    per poll would keep a connection pool open each until the stand-in stops."""
+    if stack.kube not in _clients:
+        _clients[stack.kube] = stack.kube.api_client()
+    return _clients[stack.kube]
+
+
 def _objects(stack, app: str) -> dict[str, list[str]]:
     """Names of the runner objects of `app` left in the stand-in, by kind (empty lists dropped)."""
     from kubernetes import client
 
-    api = stack.kube.api_client()
+    api = _api(stack)
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
     sel = f"runner/app={app}"
@@ -496,7 +508,7 @@ def _replicas(stack, name: str) -> tuple[int, int]:
     """(spec.replicas, running pods not being deleted) of Deployment `name`."""
     from kubernetes import client
 
-    api = stack.kube.api_client()
+    api = _api(stack)
     dep = client.AppsV1Api(api).read_namespaced_deployment(name, stack.kube.namespace)
     sel = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
     pods = client.CoreV1Api(api).list_namespaced_pod(stack.kube.namespace, label_selector=sel).items
@@ -531,6 +543,17 @@ def test_a_deployed_web_endpoint_sleeps_at_zero_and_wakes_on_a_request_at_its_ho
         assert status == 404 and "kube-web-other.web.runner.test" in missing
         url = _python(kube_stack, "import runner; print(runner.Function.from_name('kube-web', 'site').get_web_url())")
         assert url.stdout.strip() == f"http://{host}", url.stderr[-2000:]
+        # The same stack without a front door (no web_domain): deployed again, the route goes and
+        # the endpoint keeps a pod, in-cluster only.
+        bare = tmp_path / "no-front-door.json"
+        bare.write_text(json.dumps({k: v for k, v in json.loads(kube_stack.outputs.read_text()).items()
+                                    if k not in ("web_domain", "web_endpoint")}))
+        again = run_cli(["deploy", str(path)], cwd=tmp_path, env={**env, "RUNNER_STACK_OUTPUTS": str(bare)})
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "site => http://kube-web-site.runner.svc.cluster.local" in again.stdout
+        assert "httpscaledobjects" not in _objects(kube_stack, "kube-web")
+        assert _replicas(kube_stack, "kube-web-site")[0] == 1
+        assert _front_door(kube_stack, host)[0] == 404
     finally:
         stopped = run_cli(["app", "stop", "kube-web"], cwd=tmp_path, env=env)
     assert stopped.returncode == 0, stopped.stderr
@@ -669,3 +692,27 @@ def test_a_function_whose_pods_cannot_start_fails_its_calls_with_the_reason(kube
     assert "CrashLoopBackOff" in proc.stdout, proc.stdout + proc.stderr
     assert "log tail shown: True" in proc.stdout, proc.stdout
     assert _wait_gone(kube_stack, "kube-crashing") == {}
+
+
+def test_a_redeploy_on_a_cluster_without_the_http_add_on_still_removes_what_is_stale():
+    """A stack with no front door serves no HTTPScaledObject kind at all (404 for the resource):
+    the redeploy's sweep skips that kind instead of failing, and still removes the rest."""
+    from runner._kube_deploy import _remove_stale
+    from runner._providers._kube_api import KubeError
+
+    class Cluster:
+        deleted: list[tuple[str, str]] = []
+
+        def list(self, kind, selector):
+            if kind == "HTTPScaledObject":
+                raise KubeError(404, "NotFound", "the server could not find the requested resource")
+            return [{"metadata": {"name": n}} for n in ("app-kept", "app-kept-instance", "app-gone")]
+
+        def delete(self, kind, name):
+            self.deleted.append((kind, name))
+
+    cluster = Cluster()
+    _remove_stale(cluster, "app", {"app-kept"})
+    assert {name for _, name in cluster.deleted} == {"app-gone"}
+    assert "HTTPScaledObject" not in {kind for kind, _ in cluster.deleted}
+    assert len(cluster.deleted) == 6  # one per other kind

@@ -30,6 +30,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from runner._stack import is_dns_name
+
 from . import manifests
 from .password import queue_password
 
@@ -152,6 +154,10 @@ class RunnerPlatform(pulumi.ComponentResource):
         if args.install_http_addon:
             config = pulumi.Config("runner")
             domain = args.web_domain if args.web_domain is not None else config.get("webDomain")
+            if domain and not is_dns_name(manifests.web_domain(domain, "")):
+                raise pulumi.RunError(f"stack config runner:webDomain is {domain!r}, not a DNS name: "
+                                      "`pulumi config set runner:webDomain apps.example.com` (and point "
+                                      "*.apps.example.com at the stack's web_endpoint)")
             ranges = args.web_source_ranges if args.web_source_ranges is not None else (
                 config.get_object("webAllowedCidrs") or [])
             after_keda = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(

@@ -171,6 +171,7 @@ class KubeStandin:
         for path in pathlib.Path(self._dir).glob("*"):
             path.unlink()
         os.rmdir(self._dir)
+        self.docker.close()  # its pooled connections to the daemon, which a test session would pile up
 
     def __enter__(self) -> KubeStandin:
         return self.start()
@@ -228,13 +229,18 @@ class KubeStandin:
 
 def sweep_stale(client: docker.DockerClient | None = None) -> None:
     """Removes the containers and volumes of stand-ins whose test process died without stopping them."""
+    own = client is None
     client = client or docker.from_env()
-    owners = {c.labels.get(LABEL, "") for c in client.containers.list(all=True, filters={"label": LABEL})}
-    owners |= {(v.attrs.get("Labels") or {}).get(LABEL, "") for v in client.volumes.list(filters={"label": LABEL})}
-    for owner in owners:
-        pid = owner.split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            remove_labelled(client, f"{LABEL}={owner}")
+    try:
+        owners = {c.labels.get(LABEL, "") for c in client.containers.list(all=True, filters={"label": LABEL})}
+        owners |= {(v.attrs.get("Labels") or {}).get(LABEL, "") for v in client.volumes.list(filters={"label": LABEL})}
+        for owner in owners:
+            pid = owner.split("-")[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                remove_labelled(client, f"{LABEL}={owner}")
+    finally:
+        if own:
+            client.close()
 
 
     return True
