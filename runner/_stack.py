@@ -42,8 +42,8 @@ from typing import Any
 
 from .exception import InvalidError
 
-__all__ = ["CLOUDS", "OPTIONAL_KEYS", "OUTPUT_KEYS", "SECRET_KEYS", "is_dns_name", "STACK_OUTPUTS_ENV", "StackOutputs", "load_outputs",
-           "read_outputs"]
+__all__ = ["CLOUDS", "OPTIONAL_KEYS", "OUTPUT_KEYS", "SECRET_KEYS", "STACK_OUTPUTS_ENV", "StackOutputs", "is_dns_name",
+           "load_outputs", "read_outputs"]
 
 CLOUDS = ("gcp", "aws", "azure", "local")
 STACK_OUTPUTS_ENV = "RUNNER_STACK_OUTPUTS"
@@ -71,7 +71,9 @@ class StackOutputs:
 
 
 OUTPUT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StackOutputs))
-OPTIONAL_KEYS: tuple[str, ...] = ("web_domain", "web_endpoint")
+# The fields with a default, which a stack made before them does not export.
+OPTIONAL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StackOutputs)
+                                       if f.default is not dataclasses.MISSING)
 SECRET_KEYS: tuple[str, ...] = ("kubeconfig",)
 # Keys that must hold a non-empty string (kubeconfig may be "" for local; the optional ones "").
 _NONEMPTY = tuple(k for k in OUTPUT_KEYS if k not in ("kubeconfig", "gpu_types", "pod_labels", *OPTIONAL_KEYS))

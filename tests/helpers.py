@@ -22,6 +22,23 @@ def run_cli(args, cwd, env=None, timeout=180, input=None):
                           input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def http_to(url: str, host: str, method: str = "GET", path: str = "/", body: bytes | None = None,
+            timeout: float = 120) -> tuple[int, str]:
+    """(status, text) of one request to the server at `url` (http://127.0.0.1:PORT) with `host` in
+    the Host header, as a front door routing by host sees it: nothing resolves that name."""
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, "Connection": "close"})
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
 def write(tmp_path, name, source):
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))

@@ -21,7 +21,7 @@ import weakref
 
 import pytest
 
-from helpers import assert_one_line_error, run_cli, write
+from helpers import assert_one_line_error, http_to, run_cli, write
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
@@ -490,18 +490,8 @@ def site():
 
 
 def _front_door(stack, host: str, path: str = "/") -> tuple[int, str]:
-    """GET `path` through the stack's front door with `host` in the Host header (nothing resolves it)."""
-    import http.client
-    import urllib.parse
-
-    address = urllib.parse.urlsplit(json.loads(stack.outputs.read_text())["web_endpoint"])
-    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
-    try:
-        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
-        answer = conn.getresponse()
-        return answer.status, answer.read().decode()
-    finally:
-        conn.close()
+    """GET `path` through the stack's front door (its `web_endpoint`) for `host`."""
+    return http_to(json.loads(stack.outputs.read_text())["web_endpoint"], host, path=path)
 
 
 def _replicas(stack, name: str) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import time
 import docker
 import pytest
 import redis
-from helpers import redis_on_socket
+from helpers import http_to, redis_on_socket
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward, stream
@@ -707,15 +707,7 @@ SERVER = ("import http.server, socket, time\n"
 
 
 def _http(kube, host: str, method: str = "GET", path: str = "/", body: bytes | None = None) -> tuple[int, str]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", kube.http_addon.port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers={"Host": host, "Connection": "close"})
-        answer = conn.getresponse()
-        return answer.status, answer.read().decode()
-    finally:
-        conn.close()
+    return http_to(kube.web_url, host, method, path, body, timeout=60)
 
 
 def test_the_http_add_on_wakes_its_deployment_routes_by_host_and_scales_back(kube_api, kube_standin):

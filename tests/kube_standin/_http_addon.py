@@ -33,12 +33,12 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
 
 import docker
+from docker.utils.socket import SocketError, next_frame_header, read_exactly
 
 from ._loopback import relay_command
 from ._relay import CONNECTED
@@ -317,19 +317,10 @@ class HttpAddon:
 
 def _frame(raw: socket.socket) -> tuple[int, bytes] | None:
     """One frame of Docker's multiplexed exec stream (1 stdout, 2 stderr), or None at its end."""
-    header = _exactly(raw, 8)
-    if header is None:
+    stream, size = next_frame_header(raw)
+    if stream < 0:
         return None
-    stream, size = header[0], struct.unpack(">I", header[4:])[0]
-    data = _exactly(raw, size)
-    return None if data is None else (stream, data)
-
-
-def _exactly(raw: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = raw.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+    try:
+        return stream, read_exactly(raw, size)
+    except SocketError:
+        return None

@@ -68,7 +68,6 @@ class Rbac:
         if self.allows(verb, res.group, resource, namespace if res.namespaced else None):
             return
         what = f'{resource} "{name}"' if name else resource
-        where = f' in the namespace "{namespace}"' if res.namespaced and namespace else \
-            (" at the cluster scope" if not res.namespaced or namespace is None else "")
+        where = f' in the namespace "{namespace}"' if res.namespaced and namespace else " at the cluster scope"
         raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{self.user}" cannot {verb} resource '
                        f'"{resource}" in API group "{res.group}"{where}')
